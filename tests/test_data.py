@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from hyperprag.data import DataError, load_questions, read_corpus, read_qa_jsonl
+
+
+def _write(tmp_path, name, lines):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+GOOD = json.dumps({"id": "q1", "question": "Who?", "answers": ["X", "Y"],
+                   "passages": [{"title": "T", "text": "X did it."}], "type": "bridge"})
+
+
+def test_reads_shared_shape(tmp_path):
+    [ex] = read_qa_jsonl(_write(tmp_path, "q.jsonl", [GOOD]))
+    assert ex.answers == ["X", "Y"] and ex.passages[0].title == "T" and ex.type == "bridge"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", "invalid JSON"),
+    (json.dumps({"id": "q", "answers": ["a"]}), "missing field 'question'"),
+    (json.dumps({"question": "q", "answers": []}), "'answers' must be a non-empty list"),
+    (json.dumps({"question": "q", "answers": ["a"], "passages": [{"title": "t"}]}), "passage 0 has no 'text'"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_malformed_line_names_file_and_line(tmp_path, bad, message):
+    path = _write(tmp_path, "q.jsonl", [GOOD, "", bad])
+    with pytest.raises(DataError) as err:
+        read_qa_jsonl(path)
+    assert str(err.value).startswith(f"{path}:3: ")
+    assert message in str(err.value)
+
+
+def test_non_utf8_line_is_reported(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(GOOD.encode() + b"\n" + b'{"question": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"q.jsonl:2: not valid UTF-8"):
+        read_qa_jsonl(path)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_qa_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="no questions"):
+        read_qa_jsonl(_write(tmp_path, "e.jsonl", [""]))
+
+
+def test_corpus_ids_default_to_line(tmp_path):
+    path = _write(tmp_path, "c.jsonl", [json.dumps({"id": "p1", "title": "A", "text": "a"}),
+                                        json.dumps({"title": "B", "text": "b"})])
+    ps = read_corpus(path)
+    assert [p.id for p in ps] == ["p1", "c-2"]
+
+
+def test_native_squad_json(tmp_path):
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "Super_Bowl_50", "paragraphs": [
+        {"context": "Denver won.", "qas": [{"id": "a", "question": "Who won?",
+                                             "answers": [{"text": "Denver", "answer_start": 0}]}]}]}]}))
+    [ex] = load_questions(path)
+    assert ex.answers == ["Denver"] and ex.passages[0].title == "Super Bowl 50"
+    assert ex.doc_id == "Super_Bowl_50#0"
+
+
+def test_native_hotpot_json(tmp_path):
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps([{"_id": "h1", "question": "Q?", "answer": "yes", "type": "comparison",
+                                 "context": [["T1", ["S one.", " S two."]], ["T2", ["Other."]]]}]))
+    [ex] = load_questions(path)
+    assert ex.passages[0].text == "S one. S two." and ex.type == "comparison"
+
+
+def test_native_json_error_has_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{\n "data": [\n oops]\n}')
+    with pytest.raises(DataError, match=r"bad.json:3: invalid JSON"):
+        load_questions(path)

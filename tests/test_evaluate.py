@@ -1,0 +1,86 @@
+import json
+
+import pytest
+
+from conftest import tiny_model
+from hyperprag.cli import main
+from hyperprag.data import Passage, QAExample
+from hyperprag.evaluate import evaluate, retrieve_all
+
+EXAMPLES = [
+    QAExample("a", "What does the library hold?", ["Amberlin Codex"],
+              [Passage("L", "The library holds the Amberlin Codex."), Passage("R", "A rowing race.")]),
+    QAExample("b", "Which race is on the lake?", ["Glass Regatta"],
+              [Passage("R", "The Glass Regatta is a race on the lake."), Passage("L", "A library.")]),
+    QAExample("c", "Who?", ["nobody"], [Passage("X", "Nothing here.")]),
+]
+
+
+@pytest.mark.parametrize("mode", ["closed", "rag"])
+def test_evaluate_runs_and_scores_every_question(mode, tokenizer):
+    model = tiny_model("llama")
+    retrieved = retrieve_all(EXAMPLES, top_k=1)
+    result = evaluate(model, tokenizer, EXAMPLES, mode, retrieved, batch_size=2, max_new_tokens=4,
+                      progress=False)
+    assert result["mode"] == mode and result["n"] == 3
+    assert [r["id"] for r in result["predictions"]] == ["a", "b", "c"]
+    assert [r["passages"] for r in result["predictions"]] == [["L"], ["R"], ["X"]]
+    assert 0.0 <= result["em"] <= result["f1"] <= 1.0
+    assert all(r["seconds"] > 0 for r in result["predictions"])
+
+
+def test_batched_generation_equals_one_by_one(tokenizer):
+    from hyperprag.generation import generate_completions
+
+    model = tiny_model("llama")
+    prompts = ["Question: short?\nAnswer:", "Question: a much longer question here?\nAnswer:"]
+    batched = generate_completions(model, tokenizer, prompts, max_new_tokens=5)
+    single = [generate_completions(model, tokenizer, [p], max_new_tokens=5)[0] for p in prompts]
+    assert batched == single
+
+
+def test_unknown_mode_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="unknown mode 'nope'"):
+        evaluate(tiny_model(), tokenizer, EXAMPLES, "nope", [[]] * 3, progress=False)
+
+
+def test_cli_bad_data_prints_one_line_with_file_and_line(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "q", "answers": ["a"]}\n{oops\n')
+    assert main(["eval", "--data", str(path), "--mode", "closed"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{path}:2: invalid JSON" in err
+
+
+def test_cli_requires_corpus_when_questions_have_no_passages(tmp_path, capsys):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question": "q", "answers": ["a"], "passages": []}) + "\n")
+    assert main(["eval", "--data", str(path), "--mode", "rag"]) == 2
+    assert "pass --corpus" in capsys.readouterr().err
+
+
+def test_cli_eval_writes_result_json(tmp_path, tokenizer, capsys):
+    model_dir = tmp_path / "tiny"
+    tiny_model("gpt2").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "q.jsonl"
+    data.write_text("\n".join(json.dumps({"id": e.id, "question": e.question, "answers": e.answers,
+                                          "passages": [{"title": p.title, "text": p.text} for p in e.passages]})
+                              for e in EXAMPLES))
+    out = tmp_path / "res.json"
+    rc = main(["eval", "--data", str(data), "--mode", "rag", "--model", str(model_dir), "--limit", "2",
+               "--max-new-tokens", "3", "--out", str(out), "--quiet"])
+    assert rc == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("EM=") and last.endswith("n=2")
+    result = json.loads(out.read_text())
+    assert result["mode"] == "rag" and result["n"] == 2 and len(result["predictions"]) == 2
+    assert {"em", "f1", "seconds_per_question", "config"} <= result.keys()
+
+
+def test_cli_help_explains_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--data", "--corpus", "--mode", "--top-k", "--limit", "--out"):
+        assert option in text

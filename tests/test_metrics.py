@@ -1,0 +1,33 @@
+import pytest
+
+from hyperprag.metrics import best_em_f1, exact_match, normalize_answer, token_f1
+
+
+def test_normalisation_drops_articles_punctuation_case():
+    assert normalize_answer("The  Denver Broncos!") == "denver broncos"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+
+
+def test_exact_match():
+    assert exact_match("the Denver Broncos.", "Denver Broncos") == 1.0
+    assert exact_match("Broncos", "Denver Broncos") == 0.0
+
+
+def test_f1_partial_overlap():
+    # pred: {denver}, gold: {denver, broncos}: p=1, r=0.5
+    assert token_f1("Denver", "Denver Broncos") == pytest.approx(2 / 3)
+    assert token_f1("Carolina", "Denver Broncos") == 0.0
+    assert token_f1("", "") == 1.0
+    assert token_f1("", "x") == 0.0
+
+
+def test_best_over_aliases_each_metric_independently():
+    em, f1 = best_em_f1("Silver Heron", ["the Silver Heron trophy", "Silver Heron"])
+    assert (em, f1) == (1.0, 1.0)
+    em, f1 = best_em_f1("Heron trophy", ["Silver Heron trophy", "cup"])
+    assert em == 0.0 and f1 == pytest.approx(0.8)
+
+
+def test_no_gold_is_an_error():
+    with pytest.raises(ValueError):
+        best_em_f1("x", [])

@@ -1,0 +1,53 @@
+import pytest
+from torch import nn
+
+from conftest import tiny_model
+from hyperprag.errors import HyperpragError
+from hyperprag.models import find_ffn_targets, model_id, resolve_model_path
+
+ARCHS = ["llama", "qwen2", "mistral", "gemma3_text", "gpt2"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ffn_targets_cover_every_layer_with_right_shapes(arch):
+    model = tiny_model(arch)
+    targets = find_ffn_targets(model)
+    roles = ("up", "down") if arch == "gpt2" else ("gate", "up", "down")
+    assert [t.role for t in targets] == list(roles) * 2
+    assert [t.layer for t in targets] == [0] * len(roles) + [1] * len(roles)
+    hidden = 32
+    for t in targets:
+        module = model.get_submodule(t.name)
+        assert isinstance(module, nn.Module)
+        if t.role == "down":
+            assert t.out_features == hidden and t.in_features > hidden
+        else:
+            assert t.in_features == hidden and t.out_features > hidden
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import BertConfig, BertLMHeadModel
+
+    model = BertLMHeadModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                       intermediate_size=64, is_decoder=True))
+    with pytest.raises(HyperpragError, match="unsupported architecture 'bert'"):
+        find_ffn_targets(model)
+
+
+def test_model_id_prefers_hyperprag_tag():
+    assert model_id(tiny_model("llama")) == "tiny-llama"
+
+
+def test_non_model_directory_is_refused(tmp_path):
+    with pytest.raises(HyperpragError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_local_model_directory_loads(tmp_path, tokenizer):
+    from hyperprag.models import load_base_model
+
+    tiny_model("qwen2").save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, tok = load_base_model(str(tmp_path))
+    assert model.config.model_type == "qwen2" and tok.pad_token is not None
+    assert model_id(model) == str(tmp_path)

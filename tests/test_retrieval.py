@@ -1,0 +1,32 @@
+from hyperprag.data import Passage, QAExample
+from hyperprag.retrieval import build_index, retrieve
+
+PASSAGES = [
+    Passage("Glass Regatta", "The Glass Regatta is a rowing race on Lake Ennisar.", "p1"),
+    Passage("Zentari cuisine", "Kelmash is a stew of smoked barley and plum.", "p2"),
+    Passage("Brindlewood Library", "The library holds the Amberlin Codex.", "p3"),
+    Passage("Quillon Bay", "An observatory on the island of Marrowick.", "p4"),
+]
+
+
+def test_bm25_ranks_the_matching_passage_first():
+    index = build_index(PASSAGES)
+    assert index.search("Which stew is made of smoked barley?", 1)[0].id == "p2"
+    assert [p.id for p in index.search("rowing race lake", 2)][0] == "p1"
+
+
+def test_k_larger_than_corpus_returns_all():
+    assert len(build_index(PASSAGES).search("codex", 10)) == 4
+
+
+def test_retrieve_uses_own_candidates_without_corpus():
+    ex = QAExample("q", "What does the library hold?", ["Amberlin Codex"], passages=PASSAGES)
+    assert retrieve(ex, k=1)[0].id == "p3"
+    assert len(retrieve(ex, k=3)) == 3
+
+
+def test_dense_index_with_packaged_embedder():
+    from hyperprag.embedder import load_embedder
+
+    index = build_index(PASSAGES, "dense", load_embedder())
+    assert index.search("an astronomy building on an island", 1)[0].id == "p4"
