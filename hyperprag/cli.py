@@ -1,4 +1,4 @@
-"""``hyperprag`` command line: eval and demo (encode, bench and training recipes come with later work)."""
+"""``hyperprag`` command line: eval, encode and demo."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_parametric_args(p: argparse.ArgumentParser) -> None:
+    from .encoders import ENCODERS, add_encoder_args
+    from .merge import MERGE_METHODS
+
+    p.add_argument("--store", default=None,
+                   help="adapter store directory, reused and filled on demand "
+                        "(default: $HYPERPRAG_CACHE/store)")
+    p.add_argument("--encoder", choices=ENCODERS, default="exact",
+                   help="how passages become adapters for the parametric modes (default exact)")
+    p.add_argument("--merge", choices=MERGE_METHODS, default="sum",
+                   help="how the top-k adapters are combined (default sum, the exact sum of deltas)")
+    add_encoder_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperprag",
@@ -39,22 +53,39 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="answer a question file in one mode and score it (EM/F1)",
         description="Answer every question of FILE in one mode, print progress and a last line "
                     "'EM=<x> F1=<y> n=<n>', and optionally write all predictions as JSON. Modes: "
-                    "closed = no passages; rag = top-k retrieved passages in the prompt.")
+                    "closed = no passages; rag = top-k retrieved passages in the prompt; prag = the merged "
+                    "adapters of the top-k passages injected, no passages in the prompt; prag-combine = "
+                    "adapters and passages.")
     ev.add_argument("--data", required=True,
                     help="questions: shared JSONL shape (see README), or native SQuAD v1.1 / HotpotQA JSON")
     ev.add_argument("--corpus", default=None,
                     help="passage corpus JSONL ({id,title,text} a line) to retrieve from; by default each "
                          "question's own candidate passages are ranked")
-    ev.add_argument("--mode", required=True, choices=("closed", "rag"), help="how documents are used")
+    ev.add_argument("--mode", required=True, choices=("closed", "rag", "prag", "prag-combine"),
+                    help="how documents are used")
     ev.add_argument("--limit", type=int, default=None, help="only the first N questions")
     ev.add_argument("--out", default=None, help="write the result JSON here (mode, n, em, f1, predictions)")
     _add_model_args(ev)
+    _add_parametric_args(ev)
+
+    enc = sub.add_parser(
+        "encode", help="parameterise every passage of a file into an adapter store",
+        description="Turn each passage of FILE into a LoRA adapter and store it. Passages already in the "
+                    "store are skipped, so a killed run resumes where it stopped. FILE is a corpus JSONL "
+                    "({id,title,text}) or a question file whose passages are encoded.")
+    enc.add_argument("--docs", required=True, help="corpus JSONL, or a question file (its passages)")
+    enc.add_argument("--limit", type=int, default=None, help="only the first N passages")
+    enc.add_argument("--model", default=None, help="base model directory (default: packaged Gemma 3 270M)")
+    enc.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_parametric_args(enc)
 
     demo = sub.add_parser(
         "demo", help="the main job on built-in fictional documents",
         description="Answer questions about a few fictional documents (facts the model cannot know) "
-                    "closed-book and with RAG over those documents, and print a table.")
+                    "closed-book, with RAG, and with the documents' adapters (prag, prag-combine), and "
+                    "print a table. The first run trains the adapters (a few minutes on a CPU).")
     _add_model_args(demo)
+    _add_parametric_args(demo)
     demo.set_defaults(top_k=1)
     return parser
 
@@ -82,21 +113,62 @@ def _retrieve(args, examples, corpus):
     return retrieve_all(examples, args.top_k, index, args.retriever, embedder)
 
 
+def _store(args):
+    from .models import cache_dir
+    from .store import AdapterStore
+
+    return AdapterStore(args.store or cache_dir() / "store")
+
+
+def _adapters(args, model, tokenizer, retrieved):
+    from .encoders import build_encoder
+    from .evaluate import merged_adapters
+
+    encoder = build_encoder(args.encoder, model, tokenizer, args)
+    return merged_adapters(retrieved, _store(args), encoder, args.merge, progress=not args.quiet)
+
+
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate
+    from .evaluate import evaluate, get_mode
     from .models import load_base_model
 
     examples = _load_examples(args)
     corpus = read_corpus(args.corpus) if args.corpus else None
     retrieved = _retrieve(args, examples, corpus)
     model, tokenizer = load_base_model(args.model)
+    adapters = _adapters(args, model, tokenizer, retrieved) if get_mode(args.mode).adapters else None
     result = evaluate(model, tokenizer, examples, args.mode, retrieved, args.batch_size,
-                      args.max_new_tokens, progress=not args.quiet)
+                      args.max_new_tokens, progress=not args.quiet, adapters=adapters)
     result["config"] = {k: v for k, v in vars(args).items() if k != "func"}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(f"EM={result['em']:.4f} F1={result['f1']:.4f} n={result['n']}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from .adapter import content_hash
+    from .encoders import build_encoder
+    from .models import load_base_model
+
+    path = Path(args.docs)
+    try:
+        docs = read_corpus(path)
+    except DataError as corpus_err:  # not a corpus: maybe a question file, whose passages we take
+        try:
+            docs = [p for ex in load_questions(path) for p in ex.passages]
+        except DataError:
+            raise corpus_err from None
+    docs = list({content_hash(d.text): d for d in docs}.values())[: args.limit]
+    model, tokenizer = load_base_model(args.model)
+    encoder = build_encoder(args.encoder, model, tokenizer, args)
+    store = _store(args)
+    adapters = store.get_or_encode(docs, encoder, progress=not args.quiet)
+    failed = sum(1 for a in adapters if "augmentation_failed" in a.extra)
+    sizes = [r.bytes for r in store.records() if r.encoder == encoder.name]
+    print(f"stored={len(adapters)} augmentation_failed={failed} store={store.root} "
+          f"bytes_per_doc={sum(sizes) // max(len(sizes), 1)}")
     return 0
 
 
@@ -110,16 +182,18 @@ def cmd_demo(args) -> int:
     retrieved = _retrieve(args, examples, corpus)
     print("Loading the base model (the first run converts the packaged GGUF, about two minutes)...")
     model, tokenizer = load_base_model(args.model)
+    print("Encoding the documents into adapters (cached in the store after the first run)...")
+    adapters = _adapters(args, model, tokenizer, retrieved)
     results = {mode: evaluate(model, tokenizer, examples, mode, retrieved, args.batch_size,
-                              args.max_new_tokens, progress=not args.quiet)
-               for mode in ("closed", "rag")}
+                              args.max_new_tokens, progress=not args.quiet, adapters=adapters)
+               for mode in ("closed", "rag", "prag", "prag-combine")}
     _print_demo_table(examples, results)
     return 0
 
 
 def _print_demo_table(examples, results: dict[str, dict]) -> None:
     modes = list(results)
-    width = 28
+    width = 20
     header = f"{'question':<50} {'gold':<18} " + " ".join(f"{m:<{width}}" for m in modes)
     print("\n" + header + "\n" + "-" * len(header))
     for i, ex in enumerate(examples):
@@ -133,7 +207,7 @@ def _print_demo_table(examples, results: dict[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"eval": cmd_eval, "demo": cmd_demo}[args.command]
+    handler = {"eval": cmd_eval, "encode": cmd_encode, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except (DataError, HyperpragError, ValueError) as err:

@@ -1,7 +1,7 @@
 """Answering questions in one mode and scoring the answers: the engine behind ``hyperprag eval``.
 
 A mode decides two things per question: whether the retrieved passages go into the prompt, and
-(for the parametric modes added later) which adapters are injected while generating.
+which adapters are injected while generating (the parametric modes).
 """
 from __future__ import annotations
 
@@ -11,23 +11,31 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from .adapter import DocAdapter, content_hash
 from .data import Passage, QAExample
 from .generation import generate_answers
+from .encoder import DocumentEncoder
+from .inject import inject
+from .merge import merge_adapters
 from .metrics import best_em_f1
 from .prompts import build_prompt
 from .retrieval import PassageIndex, retrieve
+from .store import AdapterStore
 
 
 @dataclass(frozen=True)
 class Mode:
     name: str
     passages_in_prompt: bool
+    adapters: bool
     description: str
 
 
 MODES: dict[str, Mode] = {
-    "closed": Mode("closed", False, "no passages: what the model knows by itself"),
-    "rag": Mode("rag", True, "top-k retrieved passages in the prompt"),
+    "closed": Mode("closed", False, False, "no passages: what the model knows by itself"),
+    "rag": Mode("rag", True, False, "top-k retrieved passages in the prompt"),
+    "prag": Mode("prag", False, True, "merged adapters of the top-k passages, no passages in the prompt"),
+    "prag-combine": Mode("prag-combine", True, True, "merged adapters and the passages in the prompt"),
 }
 
 
@@ -45,9 +53,15 @@ def retrieve_all(examples: Sequence[QAExample], top_k: int, corpus_index: Passag
 
 def evaluate(model, tokenizer, examples: Sequence[QAExample], mode: str,
              retrieved: Sequence[Sequence[Passage]], batch_size: int = 8, max_new_tokens: int = 32,
-             progress: bool = True) -> dict:
-    """Answer every question in ``mode`` and score it. Returns the JSON-ready result."""
+             progress: bool = True, adapters: Sequence[DocAdapter] | None = None) -> dict:
+    """Answer every question in ``mode`` and score it. Returns the JSON-ready result.
+
+    ``adapters`` holds, per question, the merged adapter of its retrieved passages (parametric
+    modes only); each batch runs with every row's own adapter injected.
+    """
     spec = get_mode(mode)
+    if spec.adapters and (adapters is None or len(adapters) != len(examples)):
+        raise ValueError(f"mode {mode!r} needs one merged adapter per question")
     records = []
     bar = tqdm(total=len(examples), desc=f"eval {mode}", unit="q", disable=not progress)
     for start in range(0, len(examples), batch_size):
@@ -55,8 +69,10 @@ def evaluate(model, tokenizer, examples: Sequence[QAExample], mode: str,
         passages = retrieved[start:start + batch_size]
         prompts = [build_prompt(ex.question, ps if spec.passages_in_prompt else ())
                    for ex, ps in zip(batch, passages)]
+        rows = adapters[start:start + batch_size] if spec.adapters else None
         t0 = time.perf_counter()
-        answers = generate_answers(model, tokenizer, prompts, max_new_tokens)
+        with inject(model, rows):
+            answers = generate_answers(model, tokenizer, prompts, max_new_tokens)
         per_question = (time.perf_counter() - t0) / len(batch)
         for ex, ps, answer in zip(batch, passages, answers):
             em, f1 = best_em_f1(answer, ex.answers)
@@ -74,3 +90,12 @@ def evaluate(model, tokenizer, examples: Sequence[QAExample], mode: str,
         "seconds_per_question": sum(r["seconds"] for r in records) / n if n else 0.0,
         "predictions": records,
     }
+
+
+def merged_adapters(retrieved: Sequence[Sequence[Passage]], store: AdapterStore, encoder: DocumentEncoder,
+                    method: str = "sum", progress: bool = True) -> list[DocAdapter]:
+    """Per question, the merge of its passages' adapters; each distinct passage is encoded once,
+    reusing whatever the store already holds."""
+    unique = list({content_hash(p.text): p for ps in retrieved for p in ps}.values())
+    by_hash = {a.doc_hash: a for a in store.get_or_encode(unique, encoder, progress=progress)}
+    return [merge_adapters([by_hash[content_hash(p.text)] for p in ps], method) for ps in retrieved]

@@ -52,3 +52,15 @@ def real_model():
     from hyperprag.models import load_base_model
 
     return load_base_model()
+
+
+def random_adapter(model, seed: int = 0, rank: int = 2, scaling: float = 16.0, doc: str | None = None):
+    """A DocAdapter with random (non-zero) factors on every FFN target of ``model``."""
+    from hyperprag.adapter import DocAdapter, content_hash
+    from hyperprag.models import find_ffn_targets, model_id
+
+    gen = torch.Generator().manual_seed(seed)
+    factors = {t.name: (torch.randn(rank, t.in_features, generator=gen) * 0.05,
+                        torch.randn(t.out_features, rank, generator=gen) * 0.05)
+               for t in find_ffn_targets(model)}
+    return DocAdapter(factors, scaling, model_id(model), "test", "1", content_hash(doc or f"doc {seed}"))

@@ -1,0 +1,24 @@
+"""The one interface both parameterisation paths implement: documents in, one adapter each out."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from .adapter import DocAdapter
+from .data import Passage
+
+
+class DocumentEncoder(ABC):
+    """Turns documents into :class:`DocAdapter` s for one base model.
+
+    ``name`` and ``version`` go into every adapter and key the store, so adapters of the exact and
+    the generated encoder (or of two versions of one) never shadow each other.
+    """
+
+    name: str
+    version: str
+    base_model: str
+
+    @abstractmethod
+    def encode(self, docs: Sequence[Passage], progress: bool = False) -> list[DocAdapter]:
+        """One adapter per document, in order."""

@@ -1,0 +1,153 @@
+"""The adapter store: safetensors files plus a SQLite index, safe against crashes and concurrent writers.
+
+A write goes temp file -> fsync -> rename -> index row, so a reader (or a rerun after a kill) sees
+either a whole adapter or none. The index records each file's sha256; a file that no longer
+matches is treated as missing (and re-encoded by :meth:`AdapterStore.get_or_encode`) rather than
+injected. SQLite's own locking serialises the index across processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .adapter import DocAdapter, content_hash
+from .data import Passage
+from .encoder import DocumentEncoder
+from .errors import HyperpragError
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS adapters (
+    doc_hash TEXT NOT NULL, encoder TEXT NOT NULL, base_model TEXT NOT NULL,
+    file TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL, created REAL NOT NULL,
+    meta TEXT NOT NULL,
+    PRIMARY KEY (doc_hash, encoder, base_model))
+"""
+
+
+@dataclass(frozen=True)
+class StoreRecord:
+    doc_hash: str
+    encoder: str
+    base_model: str
+    file: str
+    sha256: str
+    bytes: int
+    meta: dict
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AdapterStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
+
+    def _path_for(self, encoder: str, doc_hash: str) -> Path:
+        return self.root / "adapters" / encoder / doc_hash[:2] / f"{doc_hash}.safetensors"
+
+    def put(self, adapter: DocAdapter) -> StoreRecord:
+        data = adapter.to_bytes()
+        path = self._path_for(adapter.encoder, adapter.doc_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        record = StoreRecord(adapter.doc_hash, adapter.encoder, adapter.base_model,
+                             str(path.relative_to(self.root)), hashlib.sha256(data).hexdigest(), len(data),
+                             adapter.metadata())
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO adapters VALUES (?,?,?,?,?,?,?,?)",
+                       (record.doc_hash, record.encoder, record.base_model, record.file, record.sha256,
+                        record.bytes, time.time(), json.dumps(record.meta)))
+        return record
+
+    def record(self, doc_hash: str, encoder: str, base_model: str) -> StoreRecord | None:
+        with self._connect() as db:
+            row = db.execute("SELECT doc_hash, encoder, base_model, file, sha256, bytes, meta FROM adapters "
+                             "WHERE doc_hash=? AND encoder=? AND base_model=?",
+                             (doc_hash, encoder, base_model)).fetchone()
+        return None if row is None else StoreRecord(*row[:6], json.loads(row[6]))
+
+    def records(self) -> list[StoreRecord]:
+        with self._connect() as db:
+            rows = db.execute("SELECT doc_hash, encoder, base_model, file, sha256, bytes, meta FROM adapters").fetchall()
+        return [StoreRecord(*r[:6], json.loads(r[6])) for r in rows]
+
+    def get(self, doc_hash: str, encoder: str, base_model: str) -> DocAdapter | None:
+        """The stored adapter, or None when absent or damaged (a damaged one is logged and unindexed)."""
+        rec = self.record(doc_hash, encoder, base_model)
+        if rec is None:
+            return None
+        problem = self.check(rec)
+        if problem:
+            log.warning("store %s: %s; it will be re-encoded", self.root, problem)
+            self._forget(rec)
+            return None
+        return DocAdapter.from_bytes((self.root / rec.file).read_bytes(), str(self.root / rec.file))
+
+    def check(self, rec: StoreRecord) -> str | None:
+        """Why a record's file cannot be trusted, or None when it matches its recorded sha256."""
+        try:
+            data = (self.root / rec.file).read_bytes()
+        except FileNotFoundError:
+            return f"{rec.file} is missing"
+        if hashlib.sha256(data).hexdigest() != rec.sha256:
+            return f"{rec.file} is corrupt (sha256 mismatch)"
+        return None
+
+    def verify(self) -> list[str]:
+        """Every problem in the store, for a report; nothing is changed."""
+        return [p for p in (self.check(r) for r in self.records()) if p]
+
+    def _forget(self, rec: StoreRecord) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM adapters WHERE doc_hash=? AND encoder=? AND base_model=? AND sha256=?",
+                       (rec.doc_hash, rec.encoder, rec.base_model, rec.sha256))
+
+    def get_or_encode(self, docs: Sequence[Passage], encoder: DocumentEncoder, chunk_size: int = 1,
+                      progress: bool = True) -> list[DocAdapter]:
+        """Adapters for ``docs``: stored ones are reused, missing ones encoded and stored chunk by chunk,
+        so a kill loses at most the chunk in flight."""
+        hashes = [content_hash(d.text) for d in docs]
+        by_hash = dict(zip(hashes, docs))  # duplicates share one adapter
+        found = {h: ad for h in by_hash if (ad := self.get(h, encoder.name, encoder.base_model)) is not None}
+        todo_docs = [d for h, d in by_hash.items() if h not in found]
+        bar = tqdm(total=len(todo_docs), desc=f"encode ({encoder.name})", unit="doc",
+                   disable=not progress or not todo_docs)
+        for start in range(0, len(todo_docs), chunk_size):
+            for ad in encoder.encode(todo_docs[start:start + chunk_size]):
+                self.put(ad)
+                found[ad.doc_hash] = ad
+            bar.update(min(chunk_size, len(todo_docs) - start))
+        bar.close()
+        missing = [h for h in hashes if h not in found]
+        if missing:
+            raise HyperpragError(f"encoder '{encoder.name}' returned no adapter for {len(missing)} documents")
+        return [found[h] for h in hashes]

@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from conftest import tiny_model
+from hyperprag.augment import AugmentConfig, Augmentation, Augmenter, parse_qa, parse_rewrite
+from hyperprag.data import Passage
+from hyperprag.errors import HyperpragError
+from hyperprag.exact import ExactEncoder, LoraTrainConfig, training_sequences
+from hyperprag.inject import inject
+
+DOC = Passage("Glass Regatta", "The Glass Regatta is a rowing race held every autumn on Lake Ennisar. "
+              "It was founded in 1889 by the merchant Pell Okonjo.")
+AUG = Augmentation("h", rewrites=["Pell Okonjo founded the Glass Regatta, an autumn race, in 1889."],
+                   qa=[("Who founded the Glass Regatta?", "Pell Okonjo"), ("When was it founded?", "1889")])
+
+
+def test_parse_qa_keeps_grounded_pairs_only():
+    completion = (" Who founded the Glass Regatta?\nAnswer: Pell Okonjo.\n"
+                  "Question: How many boats race?\nAnswer: 10 boats\n"          # not in the document
+                  "Question: Where is the race held?\nAnswer: Lake Ennisar\n"
+                  "Question: Who is Pell Okonjo?\nAnswer: Pell Okonjo\n"         # repeats the question
+                  "Question: Where is the race held?\nAnswer: Lake Ennisar\n"    # duplicate
+                  "\nPassage: next example")
+    assert parse_qa(completion, DOC.text) == [("Who founded the Glass Regatta?", "Pell Okonjo"),
+                                              ("Where is the race held?", "Lake Ennisar")]
+
+
+def test_parse_rewrite_takes_one_line_and_rejects_fragments():
+    assert parse_rewrite(" A rowing race on the lake, founded in 1889.\nPassage: x") == \
+        "A rowing race on the lake, founded in 1889."
+    assert parse_rewrite(" Yes.\n") is None
+
+
+def test_augmentation_failure_is_recorded_and_cached(tmp_path, tokenizer):
+    model = tiny_model()  # random weights: it cannot write valid QA pairs
+    aug = Augmenter(model, tokenizer, AugmentConfig(max_retries=1), cache=tmp_path)
+    [result] = aug.augment([DOC], progress=False)
+    assert result.failed and "QA pairs" in result.failed and "2 attempts" in result.failed
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    [again] = aug.augment([DOC], progress=False)
+    assert again == result
+
+
+def test_training_sequences_mask_the_prompt_of_qa():
+    seqs = training_sequences(DOC, AUG)
+    assert [s.prompt_chars == 0 for s in seqs] == [True, True, False, False]
+    qa = seqs[2]
+    assert qa.text[qa.prompt_chars:] == " Pell Okonjo\n"
+
+
+class FixedAugmenter:
+    def augment(self, docs, progress=False):
+        return [AUG for _ in docs]
+
+
+def make_encoder(tokenizer, **cfg):
+    model = tiny_model()
+    return ExactEncoder(model, tokenizer, LoraTrainConfig(**cfg), augmenter=FixedAugmenter()), model
+
+
+def _qa_loss(model, tokenizer, enc, adapter=None):
+    batch = enc._collate(training_sequences(DOC, AUG))
+    with torch.no_grad(), inject(model, adapter):
+        return model(**batch).loss.item()
+
+
+def test_training_lowers_loss_and_is_deterministic(tokenizer):
+    enc, model = make_encoder(tokenizer, lr=1e-2, epochs=3)
+    [ad] = enc.encode([DOC])
+    assert ad.rank == 2 and ad.scaling == 16.0 and ad.encoder == "exact" and ad.base_model == "tiny-llama"
+    assert _qa_loss(model, tokenizer, enc, ad) < _qa_loss(model, tokenizer, enc) - 0.05
+    [again] = enc.encode([DOC])
+    for name in ad.factors:
+        assert torch.equal(ad.factors[name][1], again.factors[name][1])
+
+
+def test_fixed_padding_trains_the_same_lora_as_dynamic(tokenizer):
+    dynamic, _ = make_encoder(tokenizer, lr=1e-2, batch_size=2)
+    padded, _ = make_encoder(tokenizer, lr=1e-2, batch_size=2, pad_to=96)
+    [a], [b] = dynamic.encode([DOC]), padded.encode([DOC])
+    for name in a.factors:
+        assert torch.allclose(a.factors[name][1], b.factors[name][1], atol=1e-5)
+
+
+def test_every_document_starts_from_the_same_initial_lora(tokenizer):
+    enc1, _ = make_encoder(tokenizer)
+    enc2, _ = make_encoder(tokenizer)
+    for name, (a, b) in enc1.init_factors.items():
+        assert torch.equal(a, enc2.init_factors[name][0]) and not b.any()
+
+
+def test_empty_document_is_refused(tokenizer):
+    enc, _ = make_encoder(tokenizer)
+    with pytest.raises(HyperpragError, match="'Empty' is empty"):
+        enc.encode([Passage("Empty", "   ")])
+
+
+def test_very_long_document_is_truncated_and_recorded(tokenizer):
+    enc, _ = make_encoder(tokenizer, max_doc_tokens=32)
+    long_doc = Passage("Long", " ".join(["The regatta is rowed on Lake Ennisar."] * 200))
+    [ad] = enc.encode([long_doc])
+    assert int(ad.extra["truncated_from_tokens"]) > 1000

@@ -1,0 +1,93 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hyperprag.adapter import content_hash
+from hyperprag.store import AdapterStore
+from store_worker import FakeEncoder, docs
+from conftest import tiny_model
+
+WORKER = Path(__file__).parent / "store_worker.py"
+
+
+def run_worker(store, n, offset=0, delay=0.0):
+    return subprocess.Popen([sys.executable, str(WORKER), str(store), str(n), str(offset), str(delay)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class CountingEncoder(FakeEncoder):
+    def __init__(self, model):
+        super().__init__(model, 0.0)
+        self.encoded = 0
+
+    def encode(self, docs, progress=False):
+        self.encoded += len(docs)
+        return super().encode(docs)
+
+
+def test_round_trip_and_reuse(tmp_path):
+    store = AdapterStore(tmp_path)
+    enc = CountingEncoder(tiny_model())
+    first = store.get_or_encode(docs(3) + docs(1), enc, progress=False)  # a duplicate document
+    assert enc.encoded == 3 and len(first) == 4
+    again = store.get_or_encode(docs(3), enc, progress=False)
+    assert enc.encoded == 3
+    for a, b in zip(first, again):
+        assert a.doc_hash == b.doc_hash
+        name = next(iter(a.factors))
+        assert torch.equal(a.factors[name][1], b.factors[name][1])
+    rec = store.record(content_hash(docs(1)[0].text), "fake", "tiny-llama")
+    assert rec.bytes == (tmp_path / rec.file).stat().st_size
+
+
+def test_corrupt_file_is_detected_and_reencoded(tmp_path):
+    store = AdapterStore(tmp_path)
+    enc = CountingEncoder(tiny_model())
+    store.get_or_encode(docs(2), enc, progress=False)
+    rec = store.record(content_hash(docs(1)[0].text), "fake", "tiny-llama")
+    path = tmp_path / rec.file
+    data = bytearray(path.read_bytes())
+    data[-10:] = b"\x00" * 10
+    path.write_bytes(bytes(data))
+    assert store.verify() == [f"{rec.file} is corrupt (sha256 mismatch)"]
+    store.get_or_encode(docs(2), enc, progress=False)
+    assert enc.encoded == 3 and store.verify() == []
+
+
+def test_kill_and_resume_loses_nothing_and_corrupts_nothing(tmp_path):
+    proc = run_worker(tmp_path, 12, delay=0.3)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once some, not all, adapters are in
+        done = len(AdapterStore(tmp_path).records()) if (tmp_path / "index.sqlite").exists() else 0
+        if done >= 3:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = AdapterStore(tmp_path)
+    before = {r.doc_hash for r in store.records()}
+    assert 3 <= len(before) < 12
+    assert store.verify() == []
+    out = run_worker(tmp_path, 12).communicate(timeout=300)
+    assert "finished" in out[0], out[1]
+    after = store.records()
+    assert {content_hash(d.text) for d in docs(12)} == {r.doc_hash for r in after}
+    assert store.verify() == []
+    leftovers = [p for p in tmp_path.rglob("*.tmp")]
+    assert len(leftovers) <= 1  # at most the file being written at the kill
+
+
+def test_two_processes_writing_one_store(tmp_path):
+    procs = [run_worker(tmp_path, 10, offset=0), run_worker(tmp_path, 10, offset=5)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert "finished" in out, err
+    store = AdapterStore(tmp_path)
+    assert len(store.records()) == 15 and store.verify() == []
+    for rec in store.records():
+        assert store.get(rec.doc_hash, "fake", "tiny-llama") is not None
