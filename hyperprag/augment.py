@@ -76,7 +76,7 @@ class AugmentConfig:
     n_qa: int = 3
     max_retries: int = 2          # sampled retries after the greedy attempt
     retry_temperature: float = 0.7
-    batch_size: int = 4
+    batch_size: int = 8          # generation is bound by reading the weights: rows are nearly free
     seed: int = 0
 
 

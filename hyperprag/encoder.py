@@ -18,6 +18,9 @@ class DocumentEncoder(ABC):
     name: str
     version: str
     base_model: str
+    # Documents per encode() call that the store hands over; > 1 lets an encoder batch its work
+    # (the exact encoder batches augmentation) at the cost of redoing one chunk after a kill.
+    chunk_size: int = 1
 
     @abstractmethod
     def encode(self, docs: Sequence[Passage], progress: bool = False) -> list[DocAdapter]:

@@ -73,6 +73,7 @@ class ExactEncoder(DocumentEncoder):
         self.model, self.tokenizer = model, tokenizer
         self.lora = lora or LoraTrainConfig()
         self.augmenter = augmenter or Augmenter(model, tokenizer, augment)
+        self.chunk_size = self.augmenter.config.batch_size
         self.base_model = model_id(model)
         self.targets = find_ffn_targets(model)
         for p in model.parameters():

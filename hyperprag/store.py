@@ -131,7 +131,7 @@ class AdapterStore:
             db.execute("DELETE FROM adapters WHERE doc_hash=? AND encoder=? AND base_model=? AND sha256=?",
                        (rec.doc_hash, rec.encoder, rec.base_model, rec.sha256))
 
-    def get_or_encode(self, docs: Sequence[Passage], encoder: DocumentEncoder, chunk_size: int = 1,
+    def get_or_encode(self, docs: Sequence[Passage], encoder: DocumentEncoder,
                       progress: bool = True) -> list[DocAdapter]:
         """Adapters for ``docs``: stored ones are reused, missing ones encoded and stored chunk by chunk,
         so a kill loses at most the chunk in flight."""
@@ -141,6 +141,7 @@ class AdapterStore:
         todo_docs = [d for h, d in by_hash.items() if h not in found]
         bar = tqdm(total=len(todo_docs), desc=f"encode ({encoder.name})", unit="doc",
                    disable=not progress or not todo_docs)
+        chunk_size = encoder.chunk_size
         for start in range(0, len(todo_docs), chunk_size):
             for ad in encoder.encode(todo_docs[start:start + chunk_size]):
                 self.put(ad)

@@ -84,3 +84,59 @@ def test_cli_help_explains_options(capsys):
     text = capsys.readouterr().out
     for option in ("--data", "--corpus", "--mode", "--top-k", "--limit", "--out"):
         assert option in text
+
+
+def _tiny_model_dir(tmp_path, tokenizer):
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def _write_questions(path):
+    path.write_text("\n".join(json.dumps({"id": e.id, "question": e.question, "answers": e.answers,
+                                          "passages": [{"title": p.title, "text": p.text} for p in e.passages]})
+                              for e in EXAMPLES))
+
+
+@pytest.mark.parametrize("mode", ["prag", "prag-combine"])
+def test_cli_parametric_modes_encode_on_demand_then_reuse_the_store(tmp_path, tokenizer, capsys, monkeypatch, mode):
+    from hyperprag.store import AdapterStore
+
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
+    model_dir = _tiny_model_dir(tmp_path, tokenizer)
+    data = tmp_path / "q.jsonl"
+    _write_questions(data)
+    args = ["eval", "--data", str(data), "--mode", mode, "--model", str(model_dir), "--top-k", "1",
+            "--max-new-tokens", "3", "--store", str(tmp_path / "store"), "--quiet", "--n-qa", "1"]
+    assert main(args + ["--out", str(tmp_path / "r.json")]) == 0
+    store = AdapterStore(tmp_path / "store")
+    assert len(store.records()) == 3  # one passage retrieved per question, all distinct
+    mtimes = {r.file: (tmp_path / "store" / r.file).stat().st_mtime_ns for r in store.records()}
+    assert main(args) == 0
+    assert {r.file: (tmp_path / "store" / r.file).stat().st_mtime_ns for r in store.records()} == mtimes
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["mode"] == mode and result["n"] == 3
+
+
+def test_cli_encode_fills_store_and_skips_done(tmp_path, tokenizer, capsys, monkeypatch):
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
+    model_dir = _tiny_model_dir(tmp_path, tokenizer)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"id": f"p{i}", "title": f"T{i}", "text": f"Fact number {i}."})
+                                for i in range(3)))
+    args = ["encode", "--docs", str(corpus), "--model", str(model_dir), "--store", str(tmp_path / "s"),
+            "--quiet", "--n-qa", "1"]
+    assert main(args + ["--limit", "2"]) == 0
+    assert "stored=2" in capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "stored=3" in out and "augmentation_failed=3" in out  # a random model writes no valid QA
+
+
+def test_cli_encode_non_utf8_file_is_one_clear_line(tmp_path, capsys):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"id": "a", "title": "t", "text": "ok"}\n{"id": "b", "title": "t", "text": "caf\xe9"}\n')
+    assert main(["encode", "--docs", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"hyperprag: error: {path}:2: not valid UTF-8 (byte 38)"

@@ -49,6 +49,8 @@ def test_training_sequences_mask_the_prompt_of_qa():
 
 
 class FixedAugmenter:
+    config = AugmentConfig()
+
     def augment(self, docs, progress=False):
         return [AUG for _ in docs]
 

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import torch
+
+from conftest import random_adapter, tiny_model
+from hyperprag.errors import HyperpragError
+from hyperprag.inject import inject
+from hyperprag.merge import merge_adapters
+from hyperprag.peft_io import export_peft, import_peft
+
+IDS = torch.tensor([[5, 17, 300, 42, 9, 77]])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_peft_loads_export_and_matches_hook_injection(tmp_path, arch):
+    from peft import PeftModel
+
+    model = tiny_model(arch)
+    merged = merge_adapters([random_adapter(model, 1), random_adapter(model, 2), random_adapter(model, 3)])
+    with torch.no_grad(), inject(model, merged):
+        hooked = model(input_ids=IDS).logits
+    export_peft(merged, tmp_path / "peft")
+    peft_model = PeftModel.from_pretrained(tiny_model(arch), tmp_path / "peft").eval()
+    with torch.no_grad():
+        via_peft = peft_model(input_ids=IDS).logits
+    assert torch.allclose(hooked, via_peft, atol=1e-5)
+
+
+def test_single_adapter_keeps_its_scaling_in_peft_config(tmp_path):
+    model = tiny_model()
+    export_peft(random_adapter(model), tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["r"] == 2 and config["lora_alpha"] / config["r"] == 16.0
+
+
+def test_import_round_trip_gives_same_deltas(tmp_path):
+    model = tiny_model()
+    ad = random_adapter(model)
+    export_peft(ad, tmp_path)
+    back = import_peft(tmp_path, model)
+    assert back.encoder == "peft" and back.base_model == "tiny-llama"
+    for name in ad.factors:
+        assert torch.allclose(back.delta(name), ad.delta(name), atol=1e-6)
+
+
+def test_import_of_peft_trained_adapter(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model()
+    peft_model = get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                         target_modules=["gate_proj", "up_proj", "down_proj"]))
+    peft_model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = peft_model(input_ids=IDS).logits
+    ad = import_peft(tmp_path, model)
+    assert ad.rank == 4 and ad.scaling == 2.0
+    with torch.no_grad(), inject(model, ad):
+        assert torch.allclose(model(input_ids=IDS).logits, expected, atol=1e-5)
+
+
+def test_import_refuses_non_ffn_modules(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path)
+    with pytest.raises(HyperpragError, match="not an FFN projection"):
+        import_peft(tmp_path, tiny_model())
