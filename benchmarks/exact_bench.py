@@ -119,7 +119,7 @@ def main():
     result["latency_s"] = lat | {"prag_over_rag": lat["prag"] / lat["rag"]}
     thr = throughput(model, tok, hotpot, h_ads)
     result["throughput_q_per_s"] = thr | {"ratio": thr["per_row_adapters"] / thr["plain"]}
-    sizes = [r.bytes for r in store.records() if r.encoder == "exact"]
+    sizes = [r.bytes for r in store.records() if r.encoder == encoder.key]
     result["bytes_per_doc"] = statistics.median(sizes)
     fresh = [ex.passages[0] for ex in load_questions(f"{args.data}/squad.jsonl")[5000:5000 + 40 * args.cost_docs:40]]
     encoder.augmenter.cache = out_dir / "cold-augment-cache"  # cold cache: augmentation really runs

@@ -22,6 +22,11 @@ class DocumentEncoder(ABC):
     # (the exact encoder batches augmentation) at the cost of redoing one chunk after a kill.
     chunk_size: int = 1
 
+    @property
+    def key(self) -> str:
+        """What the store files adapters under: adapters from other settings must never be reused."""
+        return f"{self.name}-v{self.version}"
+
     @abstractmethod
     def encode(self, docs: Sequence[Passage], progress: bool = False) -> list[DocAdapter]:
         """One adapter per document, in order."""

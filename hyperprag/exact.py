@@ -9,11 +9,12 @@ of the reference code's fixed 3000-token padding.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -86,6 +87,11 @@ class ExactEncoder(DocumentEncoder):
             for t in self.targets}
         self.last_timings: list[dict[str, float]] = []
 
+    @property
+    def key(self) -> str:
+        settings = json.dumps([asdict(self.lora), asdict(self.augmenter.config)], sort_keys=True)
+        return f"{self.name}-v{self.version}-{content_hash(settings)[:10]}"
+
     def _truncate(self, doc: Passage) -> tuple[Passage, dict[str, str]]:
         if not doc.text.strip():
             raise HyperpragError(f"document '{doc.title or doc.id}' is empty")
@@ -110,6 +116,7 @@ class ExactEncoder(DocumentEncoder):
                 extra["augmentation_failed"] = aug.failed
             # The hash is of the original text, so the store finds the adapter for the document given.
             original = docs[len(adapters)]
+            extra["encoder_key"] = self.key
             adapters.append(DocAdapter(factors, self.lora.scaling, self.base_model, self.name, self.version,
                                        content_hash(original.text), extra))
         return adapters

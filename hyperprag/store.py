@@ -68,9 +68,10 @@ class AdapterStore:
     def _path_for(self, encoder: str, doc_hash: str) -> Path:
         return self.root / "adapters" / encoder / doc_hash[:2] / f"{doc_hash}.safetensors"
 
-    def put(self, adapter: DocAdapter) -> StoreRecord:
+    def put(self, adapter: DocAdapter, encoder_key: str) -> StoreRecord:
+        """Store ``adapter`` under ``encoder_key`` (an encoder's name, version and settings)."""
         data = adapter.to_bytes()
-        path = self._path_for(adapter.encoder, adapter.doc_hash)
+        path = self._path_for(encoder_key, adapter.doc_hash)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
         with open(tmp, "wb") as fh:
@@ -79,7 +80,7 @@ class AdapterStore:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        record = StoreRecord(adapter.doc_hash, adapter.encoder, adapter.base_model,
+        record = StoreRecord(adapter.doc_hash, encoder_key, adapter.base_model,
                              str(path.relative_to(self.root)), hashlib.sha256(data).hexdigest(), len(data),
                              adapter.metadata())
         with self._connect() as db:
@@ -137,14 +138,14 @@ class AdapterStore:
         so a kill loses at most the chunk in flight."""
         hashes = [content_hash(d.text) for d in docs]
         by_hash = dict(zip(hashes, docs))  # duplicates share one adapter
-        found = {h: ad for h in by_hash if (ad := self.get(h, encoder.name, encoder.base_model)) is not None}
+        found = {h: ad for h in by_hash if (ad := self.get(h, encoder.key, encoder.base_model)) is not None}
         todo_docs = [d for h, d in by_hash.items() if h not in found]
         bar = tqdm(total=len(todo_docs), desc=f"encode ({encoder.name})", unit="doc",
                    disable=not progress or not todo_docs)
         chunk_size = encoder.chunk_size
         for start in range(0, len(todo_docs), chunk_size):
             for ad in encoder.encode(todo_docs[start:start + chunk_size]):
-                self.put(ad)
+                self.put(ad, encoder.key)
                 found[ad.doc_hash] = ad
             bar.update(min(chunk_size, len(todo_docs) - start))
         bar.close()

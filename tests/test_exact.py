@@ -102,3 +102,23 @@ def test_very_long_document_is_truncated_and_recorded(tokenizer):
     long_doc = Passage("Long", " ".join(["The regatta is rowed on Lake Ennisar."] * 200))
     [ad] = enc.encode([long_doc])
     assert int(ad.extra["truncated_from_tokens"]) > 1000
+
+
+def test_store_never_reuses_adapters_across_recipes(tokenizer, tmp_path):
+    from hyperprag.store import AdapterStore
+
+    store = AdapterStore(tmp_path)
+    slow, _ = make_encoder(tokenizer, lr=1e-4)
+    fast, _ = make_encoder(tokenizer, lr=1e-2)
+    assert slow.key != fast.key and slow.key.startswith("exact-v1-")
+    [a] = store.get_or_encode([DOC], slow, progress=False)
+    [b] = store.get_or_encode([DOC], fast, progress=False)
+    assert len(store.records()) == 2
+    name = next(iter(a.factors))
+    assert not torch.equal(a.factors[name][1], b.factors[name][1])
+
+
+def test_bf16_autocast_trains(tokenizer):
+    enc, model = make_encoder(tokenizer, lr=1e-2, epochs=3, bf16=True)
+    [ad] = enc.encode([DOC])
+    assert _qa_loss(model, tokenizer, enc, ad) < _qa_loss(model, tokenizer, enc)

@@ -41,7 +41,7 @@ def test_round_trip_and_reuse(tmp_path):
         assert a.doc_hash == b.doc_hash
         name = next(iter(a.factors))
         assert torch.equal(a.factors[name][1], b.factors[name][1])
-    rec = store.record(content_hash(docs(1)[0].text), "fake", "tiny-llama")
+    rec = store.record(content_hash(docs(1)[0].text), "fake-v1", "tiny-llama")
     assert rec.bytes == (tmp_path / rec.file).stat().st_size
 
 
@@ -49,7 +49,7 @@ def test_corrupt_file_is_detected_and_reencoded(tmp_path):
     store = AdapterStore(tmp_path)
     enc = CountingEncoder(tiny_model())
     store.get_or_encode(docs(2), enc, progress=False)
-    rec = store.record(content_hash(docs(1)[0].text), "fake", "tiny-llama")
+    rec = store.record(content_hash(docs(1)[0].text), "fake-v1", "tiny-llama")
     path = tmp_path / rec.file
     data = bytearray(path.read_bytes())
     data[-10:] = b"\x00" * 10
@@ -90,4 +90,4 @@ def test_two_processes_writing_one_store(tmp_path):
     store = AdapterStore(tmp_path)
     assert len(store.records()) == 15 and store.verify() == []
     for rec in store.records():
-        assert store.get(rec.doc_hash, "fake", "tiny-llama") is not None
+        assert store.get(rec.doc_hash, "fake-v1", "tiny-llama") is not None
