@@ -1,0 +1,69 @@
+"""Where the hypernetwork's document embedding comes from: pluggable sources with a stable id.
+
+The id is saved with a checkpoint, so a hypernetwork trained on one source refuses another.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from .embedder import DEFAULT_EMBEDDER_ID, load_embedder
+from .models import model_id
+
+
+class EmbeddingSource(Protocol):
+    id: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+
+class SentenceEmbedding:
+    """A sentence-transformers embedder (default all-MiniLM-L6-v2, 384-d), normalised."""
+
+    def __init__(self, name_or_path: str | None = None, embedder=None):
+        self.embedder = embedder or load_embedder(name_or_path)
+        self.id = f"sentence:{name_or_path or DEFAULT_EMBEDDER_ID}"
+        self.dim = self.embedder.get_embedding_dimension()
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.embedder.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True,
+                                    show_progress_bar=False).float().cpu()
+
+
+class HiddenStateEmbedding:
+    """Mean-pooled hidden states of the base model itself, at a middle and the last layer.
+
+    This reads the document the way the model that will be adapted reads it; it costs one forward
+    pass of the base model per document instead of one of a small embedder.
+    """
+
+    def __init__(self, model, tokenizer, layers: Sequence[int] | None = None, max_tokens: int = 512):
+        self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
+        n = model.config.num_hidden_layers
+        self.layers = list(layers) if layers is not None else [n // 2, n]
+        self.id = f"hidden:{model_id(model)}:{','.join(map(str, self.layers))}"
+        self.dim = model.config.hidden_size * len(self.layers)
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        self.tokenizer.padding_side = "right"
+        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.max_tokens, return_token_type_ids=False).to(self.model.device)
+        out = self.model(**enc, output_hidden_states=True)
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        pooled = [(out.hidden_states[i].float() * mask).sum(1) / mask.sum(1) for i in self.layers]
+        return torch.nn.functional.normalize(torch.cat(pooled, dim=-1), dim=-1).cpu()
+
+
+def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
+    """``sentence`` / ``sentence:PATH`` or ``hidden`` / ``hidden:MODEL:L1,L2`` (as saved in checkpoints)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "sentence":
+        return SentenceEmbedding(None if rest in ("", DEFAULT_EMBEDDER_ID) else rest)
+    if kind == "hidden":
+        layers = [int(x) for x in rest.rsplit(":", 1)[-1].split(",")] if rest else None
+        return HiddenStateEmbedding(model, tokenizer, layers)
+    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence' or 'hidden'")

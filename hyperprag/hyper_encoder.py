@@ -1,0 +1,111 @@
+"""The generated encoder: documents -> embeddings -> hypernetwork -> DocAdapters, one forward pass.
+
+Checkpoints are a directory with ``config.json`` and ``model.safetensors`` (no pickle). The config
+pins the base model, the embedding source and every target shape, and loading refuses a mismatch
+with both names.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .adapter import AdapterMismatchError, DocAdapter, content_hash
+from .data import Passage
+from .embeddings import EmbeddingSource, build_source
+from .encoder import DocumentEncoder
+from .errors import HyperpragError
+from .hypernet import HyperNetConfig, HyperNetwork
+from .models import FFNTarget, find_ffn_targets, model_id
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "gemma-3-270m-minilm"
+
+
+class HyperEncoder(DocumentEncoder):
+    name = "hyper"
+    version = "1"
+
+    def __init__(self, hypernet: HyperNetwork, source: EmbeddingSource, base_model: str,
+                 targets: list[FFNTarget], batch_size: int = 64):
+        self.hypernet = hypernet.eval()
+        self.source = source
+        self.base_model = base_model
+        self.targets = targets
+        self.chunk_size = batch_size
+        self._weights_digest: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self._weights_digest is None:
+            h = hashlib.sha256()
+            for name, t in sorted(self.hypernet.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().float().numpy().tobytes())
+            self._weights_digest = h.hexdigest()[:10]
+        return f"{self.name}-v{self.version}-{self._weights_digest}"
+
+    def factors(self, embeddings: torch.Tensor) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Per document, per target module (A, B); differentiable, for training."""
+        out = self.hypernet(embeddings)
+        return [{t.name: (out[t.role][0][i, t.layer], out[t.role][1][i, t.layer]) for t in self.targets}
+                for i in range(embeddings.shape[0])]
+
+    @torch.inference_mode()
+    def encode(self, docs: Sequence[Passage], progress: bool = False) -> list[DocAdapter]:
+        for d in docs:
+            if not d.text.strip():
+                raise HyperpragError(f"document '{d.title or d.id}' is empty")
+        emb = self.source.embed([d.text for d in docs])
+        per_doc = self.factors(emb.to(next(self.hypernet.parameters()).device))
+        return [DocAdapter({n: (a.detach().cpu(), b.detach().cpu()) for n, (a, b) in f.items()},
+                           self.hypernet.config.scaling, self.base_model, self.name, self.version,
+                           content_hash(d.text), {"encoder_key": self.key, "embedding": self.source.id})
+                for d, f in zip(docs, per_doc)]
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {"hyperprag_version": self.version, "base_model": self.base_model,
+                  "embedding_source": self.source.id, "hypernet": self.hypernet.config.to_dict(),
+                  "targets": [[t.name, t.layer, t.role, t.in_features, t.out_features] for t in self.targets]}
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        save_file({k: v.contiguous() for k, v in self.hypernet.state_dict().items()}, str(out / "model.safetensors"))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, ckpt_dir: str | Path | None, model, tokenizer=None,
+                        source: EmbeddingSource | None = None) -> HyperEncoder:
+        """Load a checkpoint for ``model``; ``None`` is the shipped default checkpoint."""
+        root = Path(ckpt_dir) if ckpt_dir is not None else DEFAULT_CHECKPOINT
+        try:
+            config = json.loads((root / "config.json").read_text())
+        except FileNotFoundError:
+            raise HyperpragError(f"{root} is not a hypernetwork checkpoint (no config.json)") from None
+        name = model_id(model)
+        if config["base_model"] != name:
+            raise AdapterMismatchError(
+                f"hypernetwork {root} was trained for base model '{config['base_model']}', not '{name}'")
+        targets = find_ffn_targets(model)
+        want = [[t.name, t.layer, t.role, t.in_features, t.out_features] for t in targets]
+        if config["targets"] != want:
+            raise AdapterMismatchError(f"hypernetwork {root} targets other FFN shapes than '{name}' has")
+        source = source or build_source(config["embedding_source"], model, tokenizer)
+        if source.id != config["embedding_source"]:
+            raise AdapterMismatchError(
+                f"hypernetwork {root} was trained on embeddings '{config['embedding_source']}', not '{source.id}'")
+        hcfg = config["hypernet"]
+        hcfg["roles"] = {r: tuple(s) for r, s in hcfg["roles"].items()}
+        hypernet = HyperNetwork(HyperNetConfig(**hcfg))
+        hypernet.load_state_dict(load_file(str(root / "model.safetensors")))
+        return cls(hypernet, source, name, targets)
+
+    @classmethod
+    def create(cls, model, source: EmbeddingSource, **hyper_kw) -> HyperEncoder:
+        """A freshly initialised hypernetwork for ``model`` (to be trained)."""
+        targets = find_ffn_targets(model)
+        hypernet = HyperNetwork(HyperNetConfig.from_targets(targets, source.dim, **hyper_kw))
+        return cls(hypernet, source, model_id(model), targets)

@@ -1,0 +1,80 @@
+"""The hypernetwork: a document embedding in, a LoRA for every FFN projection of every layer out.
+
+One compact trunk is shared by all (layer, module) pairs, told apart by learned layer and role
+embeddings (the Text-to-LoRA design) rather than one MLP per module (DyPRAG's 37.8M parameters).
+Heads are per role because gate/up and down have different shapes. The output has the exact
+encoder's rank and scaling, so merge and injection are shared code.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .models import FFNTarget
+
+
+@dataclass
+class HyperNetConfig:
+    embed_dim: int                       # size of the document embedding fed in
+    num_layers: int
+    roles: dict[str, tuple[int, int]]    # role -> (in_features, out_features), same in every layer
+    rank: int = 2
+    alpha: float = 32.0
+    hidden: int = 256
+    init_scale: float = 0.01             # generated deltas start small: the model starts as the base
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_targets(cls, targets: list[FFNTarget], embed_dim: int, **kw) -> HyperNetConfig:
+        roles: dict[str, tuple[int, int]] = {}
+        for t in targets:
+            shape = roles.setdefault(t.role, (t.in_features, t.out_features))
+            if shape != (t.in_features, t.out_features):
+                raise ValueError(f"role {t.role} has different shapes across layers; not supported")
+        return cls(embed_dim=embed_dim, num_layers=max(t.layer for t in targets) + 1,
+                   roles=roles, **kw)
+
+
+class HyperNetwork(nn.Module):
+    def __init__(self, config: HyperNetConfig):
+        super().__init__()
+        self.config = config
+        h = config.hidden
+        self.trunk = nn.Sequential(nn.LayerNorm(config.embed_dim), nn.Linear(config.embed_dim, h), nn.GELU(),
+                                   nn.Linear(h, h))
+        self.layer_embed = nn.Embedding(config.num_layers, h)
+        self.role_embed = nn.ParameterDict({r: nn.Parameter(torch.zeros(h)) for r in config.roles})
+        self.mixer = nn.Sequential(nn.GELU(), nn.LayerNorm(h), nn.Linear(h, h), nn.GELU())
+        self.heads = nn.ModuleDict({r: nn.Linear(h, config.rank * (fan_in + fan_out))
+                                    for r, (fan_in, fan_out) in config.roles.items()})
+        nn.init.normal_(self.layer_embed.weight, std=0.02)
+        for head in self.heads.values():
+            nn.init.normal_(head.weight, std=config.init_scale / h ** 0.5)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``embeddings`` (batch, embed_dim) -> per role (A, B) of shapes
+        (batch, layers, r, in) and (batch, layers, out, r)."""
+        cfg = self.config
+        doc = self.trunk(embeddings)                                     # (b, h)
+        layers = self.layer_embed.weight                                 # (L, h)
+        out = {}
+        for role, (fan_in, fan_out) in cfg.roles.items():
+            z = self.mixer(doc[:, None, :] + layers[None] + self.role_embed[role])   # (b, L, h)
+            flat = self.heads[role](z)                                   # (b, L, r*(in+out))
+            a, b = flat.split([cfg.rank * fan_in, cfg.rank * fan_out], dim=-1)
+            out[role] = (rearrange(a, "b l (r i) -> b l r i", r=cfg.rank),
+                         rearrange(b, "b l (o r) -> b l o r", r=cfg.rank))
+        return out
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from conftest import tiny_model
+from hyperprag.adapter import AdapterMismatchError
+from hyperprag.data import Passage
+from hyperprag.hyper_encoder import HyperEncoder
+from hyperprag.inject import inject
+from hyperprag.models import find_ffn_targets
+
+DOCS = [Passage("A", "The Glass Regatta is rowed on Lake Ennisar."), Passage("B", "Kelmash is a barley stew."),
+        Passage("C", "Brindlewood Library holds the Amberlin Codex.")]
+
+
+class HashSource:
+    """A deterministic fake embedding: fast, and different for every text."""
+    id, dim = "fake:hash", 16
+
+    def embed(self, texts):
+        rows = []
+        for t in texts:
+            g = torch.Generator().manual_seed(sum(map(ord, t)))
+            rows.append(torch.randn(self.dim, generator=g))
+        return torch.stack(rows)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma3_text", "gpt2"])
+def test_generated_adapters_have_every_target_at_exact_shapes(arch):
+    model = tiny_model(arch)
+    enc = HyperEncoder.create(model, HashSource(), rank=2, alpha=32, hidden=32)
+    adapters = enc.encode(DOCS)
+    assert len(adapters) == 3
+    for ad in adapters:
+        assert ad.rank == 2 and ad.scaling == 16.0 and ad.encoder == "hyper"
+        for t in find_ffn_targets(model):
+            a, b = ad.factors[t.name]
+            assert a.shape == (2, t.in_features) and b.shape == (t.out_features, 2)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        with inject(model, adapters[0]):
+            assert not torch.equal(model(input_ids=ids).logits, base)
+
+
+def test_different_documents_get_different_adapters():
+    enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32)
+    a, b, _ = enc.encode(DOCS)
+    name = next(iter(a.factors))
+    assert not torch.allclose(a.delta(name), b.delta(name))
+
+
+def test_batched_encode_equals_one_by_one():
+    enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32)
+    batched = enc.encode(DOCS)
+    single = [enc.encode([d])[0] for d in DOCS]
+    for x, y in zip(batched, single):
+        for name in x.factors:
+            assert torch.allclose(x.factors[name][0], y.factors[name][0], atol=1e-6)
+            assert torch.allclose(x.factors[name][1], y.factors[name][1], atol=1e-6)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_model()
+    enc = HyperEncoder.create(model, HashSource(), hidden=32)
+    enc.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    back = HyperEncoder.from_pretrained(tmp_path, model, source=HashSource())
+    assert back.key == enc.key
+    for x, y in zip(enc.encode(DOCS), back.encode(DOCS)):
+        name = next(iter(x.factors))
+        assert torch.equal(x.factors[name][1], y.factors[name][1])
+
+
+def test_loading_on_another_model_names_both(tmp_path):
+    HyperEncoder.create(tiny_model("llama"), HashSource(), hidden=32).save_pretrained(tmp_path)
+    with pytest.raises(AdapterMismatchError, match="'tiny-llama', not 'tiny-qwen2'"):
+        HyperEncoder.from_pretrained(tmp_path, tiny_model("qwen2"), source=HashSource())
+
+
+def test_loading_with_another_embedder_names_both(tmp_path):
+    class Other(HashSource):
+        id = "sentence:other"
+
+    HyperEncoder.create(tiny_model(), HashSource(), hidden=32).save_pretrained(tmp_path)
+    with pytest.raises(AdapterMismatchError, match="'fake:hash', not 'sentence:other'"):
+        HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=Other())
+
+
+def test_loading_on_other_shapes_is_refused(tmp_path):
+    from transformers import LlamaConfig, AutoModelForCausalLM
+
+    HyperEncoder.create(tiny_model(), HashSource(), hidden=32).save_pretrained(tmp_path)
+    wider = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=32, intermediate_size=96, num_hidden_layers=2,
+                                                         num_attention_heads=4, num_key_value_heads=2,
+                                                         vocab_size=100))
+    wider.hyperprag_model_id = "tiny-llama"
+    with pytest.raises(AdapterMismatchError, match="other FFN shapes"):
+        HyperEncoder.from_pretrained(tmp_path, wider, source=HashSource())
+
+
+def test_embedding_sources_real_minilm_and_hidden_states(tokenizer):
+    from hyperprag.embeddings import HiddenStateEmbedding, SentenceEmbedding
+
+    st = SentenceEmbedding()
+    assert st.dim == 384 and st.embed(["a", "b"]).shape == (2, 384)
+    hidden = HiddenStateEmbedding(tiny_model(), tokenizer)
+    e = hidden.embed(["short", "a longer text here"])
+    assert e.shape == (2, 64) and torch.allclose(e.norm(dim=-1), torch.ones(2))
