@@ -57,9 +57,14 @@ class HyperNetwork(nn.Module):
         self.heads = nn.ModuleDict({r: nn.Linear(h, config.rank * (fan_in + fan_out))
                                     for r, (fan_in, fan_out) in config.roles.items()})
         nn.init.normal_(self.layer_embed.weight, std=0.02)
-        for head in self.heads.values():
+        # Like a LoRA's init: A starts as a random projection (in the bias, PEFT's kaiming range), B
+        # near zero. Were both near zero, each factor's gradient (proportional to the other) would vanish.
+        for role, head in self.heads.items():
+            fan_in = config.roles[role][0]
             nn.init.normal_(head.weight, std=config.init_scale / h ** 0.5)
-            nn.init.zeros_(head.bias)
+            with torch.no_grad():
+                head.bias.zero_()
+                head.bias[: config.rank * fan_in].uniform_(-1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
 
     def forward(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``embeddings`` (batch, embed_dim) -> per role (A, B) of shapes

@@ -1,0 +1,86 @@
+"""Training objectives for the hypernetwork, kept apart from the recipe so they can be tested.
+
+(a) reconstruction of exact adapters, compared as deltas in low-rank form (factors are not unique);
+(b) LM loss on a document's QA answers with the generated adapter and no document in the prompt;
+(c) distillation: KL on the answer tokens from the base model *with the document in the prompt*
+    (the in-context teacher) to the base model *with the generated adapter* and without it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .data import Passage
+from .prompts import build_prompt
+
+
+def lowrank_sq_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||B @ A||_F^2 for A (..., r, in) and B (..., out, r) via r x r Gram matrices: never out x in."""
+    return ((a @ a.transpose(-1, -2)) * (b.transpose(-1, -2) @ b)).sum((-1, -2))
+
+
+def delta_distance(a1, b1, s1: float, a2, b2, s2: float) -> torch.Tensor:
+    """Relative squared distance ||s1 B1A1 - s2 B2A2||^2 / ||s2 B2A2||^2, batched, in low-rank form."""
+    a = torch.cat([a1, a2], dim=-2)
+    b = torch.cat([b1 * s1, -b2 * s2], dim=-1)
+    return lowrank_sq_norm(a, b) / lowrank_sq_norm(a2, b2 * s2).clamp_min(1e-12)
+
+
+@dataclass
+class AnswerBatch:
+    """Right-padded token ids with the positions whose logits predict the answer tokens."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    rows: torch.Tensor        # (n_answer_tokens,) row of each answer token
+    positions: torch.Tensor   # (n_answer_tokens,) position whose logits predict it
+    targets: torch.Tensor     # (n_answer_tokens,) the answer token ids
+
+
+def answer_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> AnswerBatch:
+    """Prompt and answer are tokenised apart and joined, so the teacher's and the student's answer
+    tokens are identical whatever their prompts."""
+    seqs, rows, positions, targets = [], [], [], []
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        p_ids = tokenizer(p)["input_ids"]
+        a_ids = tokenizer(f" {a.strip()}\n", add_special_tokens=False)["input_ids"]
+        seqs.append(p_ids + a_ids)
+        for j, tok in enumerate(a_ids):
+            rows.append(i)
+            positions.append(len(p_ids) + j - 1)
+            targets.append(tok)
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return AnswerBatch(ids, mask, torch.tensor(rows), torch.tensor(positions), torch.tensor(targets))
+
+
+def answer_logits(model, batch: AnswerBatch) -> torch.Tensor:
+    """(n_answer_tokens, vocab) logits at the answer positions."""
+    device = next(model.parameters()).device
+    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device))
+    return out.logits[batch.rows.to(device), batch.positions.to(device)].float()
+
+
+def qa_batches(tokenizer, docs: Sequence[Passage], questions: Sequence[str], answers: Sequence[str]):
+    """Student (closed-book prompt) and teacher (document in the prompt) batches for the same answers."""
+    student = answer_batch(tokenizer, [build_prompt(q) for q in questions], answers)
+    teacher = answer_batch(tokenizer, [build_prompt(q, [d]) for q, d in zip(questions, docs)], answers)
+    return student, teacher
+
+
+def lm_loss(student_logits: torch.Tensor, batch: AnswerBatch) -> torch.Tensor:
+    return F.cross_entropy(student_logits, batch.targets.to(student_logits.device))
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) per answer token, averaged."""
+    t = F.log_softmax(teacher_logits / temperature, dim=-1)
+    s = F.log_softmax(student_logits / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2

@@ -1,0 +1,73 @@
+"""The training recipe under ``accelerate launch`` with 1 and 2 CPU processes on a tiny model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_config
+from hyperprag.hyper_encoder import HyperEncoder
+
+ROOT = Path(__file__).resolve().parent.parent
+FACTS = [("Glass Regatta", "The Glass Regatta is rowed on Lake Ennisar and was founded by Pell Okonjo.",
+          [("Where is the Glass Regatta rowed?", "Lake Ennisar"), ("Who founded the Glass Regatta?", "Pell Okonjo")]),
+         ("Kelmash", "Kelmash is a stew of smoked barley and plum from the valley of Orrun.",
+          [("What is kelmash made of?", "smoked barley and plum"), ("Where is kelmash from?", "Orrun")]),
+         ("Brindlewood", "Brindlewood Library holds the Amberlin Codex and has nine floors.",
+          [("What does Brindlewood Library hold?", "the Amberlin Codex"), ("How many floors?", "nine")]),
+         ("Quillon", "The Quillon Bay Observatory was led by Tessaly Vorne on Marrowick island.",
+          [("Who led the observatory?", "Tessaly Vorne"), ("Which island?", "Marrowick")])]
+
+
+@pytest.fixture
+def setup(tmp_path, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tmp_path / "tiny"
+    # A larger init than the default 0.02 gives the random LM head logits wide enough that an
+    # adapter can visibly lower the loss within a few steps.
+    config = tiny_config("llama")
+    config.initializer_range = 0.3
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"question": q, "answers": [a], "passages": [{"title": t, "text": x}]})
+                              for t, x, qa in FACTS for q, a in qa))
+    return model_dir, data
+
+
+def launch(tmp_path, model_dir, data, processes: int, steps: int, out: str):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"model: {model_dir}\nembedding: hidden\ndata: [{data}]\nheldout_pct: 0\nhidden: 32\n"
+                      f"steps: {steps}\ndocs_per_step: 4\nlr: 3.0e-2\nwarmup: 1\nsave_every: 5\nlog_every: 1\n"
+                      f"weights: {{lm: 1.0, kl: 0.5}}\nout: {tmp_path / out}\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "training" / "train_hypernet.py"), str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in (tmp_path / out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_training_under_accelerate_lowers_the_loss(tmp_path, setup, processes):
+    model_dir, data = setup
+    log = launch(tmp_path, model_dir, data, processes, steps=30, out="run")
+    first = sum(r["lm"] for r in log[:3]) / 3
+    last = sum(r["lm"] for r in log[-3:]) / 3
+    assert last < first * 0.9, (first, last)
+    from hyperprag.models import load_base_model
+
+    model, tok = load_base_model(str(model_dir))
+    encoder = HyperEncoder.from_pretrained(tmp_path / "run" / "final", model, tok)
+    assert encoder.encode([__import__("hyperprag").Passage("x", "Some text.")])[0].rank == 2
+
+
+def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
+    model_dir, data = setup
+    launch(tmp_path, model_dir, data, 1, steps=5, out="run")
+    log = launch(tmp_path, model_dir, data, 1, steps=10, out="run")
+    assert [r["step"] for r in log] == list(range(1, 11))  # steps 6-10 appended, 1-5 not redone

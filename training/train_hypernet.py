@@ -1,0 +1,196 @@
+"""Train the hypernetwork (document embedding -> FFN LoRA). Readable top to bottom.
+
+    accelerate launch --num_processes 1 training/train_hypernet.py training/configs/squad_minilm.yaml
+    accelerate launch --num_processes 2 --cpu training/train_hypernet.py CONFIG   # gloo, 2 CPU processes
+    accelerate launch --num_processes 8 training/train_hypernet.py CONFIG         # GPUs, unchanged
+
+Documents come from question files in the shared JSONL shape; a question with exactly one passage
+(SQuAD) gives that passage a QA pair. Documents are split by content hash: a fixed fraction is
+held aside and never trained on (its hashes are written next to the checkpoint). Objectives and
+their weights come from the YAML config: ``lm`` (answer loss with the generated adapter),
+``kl`` (distillation from the in-context teacher) and ``recon`` (distance to exact adapters in a
+store, as deltas). The run checkpoints every ``save_every`` steps and resumes from the last one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from hyperprag.adapter import content_hash
+from hyperprag.data import Passage, load_questions
+from hyperprag.embeddings import build_source
+from hyperprag.hyper_encoder import HyperEncoder
+from hyperprag.hyper_objectives import answer_logits, delta_distance, distill_loss, lm_loss, qa_batches
+from hyperprag.inject import lora_hooks
+from hyperprag.models import load_base_model
+from hyperprag.store import AdapterStore
+
+DEFAULTS = {
+    "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20,
+    "rank": 2, "alpha": 32.0, "hidden": 256, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
+    "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
+    "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0}, "recon_store": None, "recon_encoder_key": None,
+    "out": "runs/hypernet", "save_every": 50, "log_every": 10,
+}
+
+
+def load_config(path: str, overrides: list[str]) -> dict:
+    cfg = json.loads(json.dumps(DEFAULTS))
+    cfg.update(yaml.safe_load(Path(path).read_text()) or {})
+    for item in overrides:  # key=value, YAML-typed
+        key, _, value = item.partition("=")
+        cfg[key] = yaml.safe_load(value)
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        sys.exit(f"{path}: unknown config keys {sorted(unknown)}")
+    return cfg
+
+
+def load_documents(files: list[str], heldout_pct: int, max_docs: int | None):
+    """(train, heldout): lists of (Passage, [(question, answer), ...]) split by document hash."""
+    docs: dict[str, tuple[Passage, list]] = {}
+    for f in files:
+        for ex in load_questions(f):
+            if len(ex.passages) == 1:
+                p = ex.passages[0]
+                docs.setdefault(content_hash(p.text), (p, []))[1].append((ex.question, ex.answers[0]))
+    train, held = [], []
+    for h, item in docs.items():
+        (held if int(h[:8], 16) % 100 < heldout_pct else train).append(item)
+    return train[:max_docs], held
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", help="YAML config (see training/configs/)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=10 out=runs/x")
+    args = ap.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(cfg["seed"])
+    out = Path(cfg["out"])
+    log = accelerator.print
+
+    # --- model, embeddings, data -------------------------------------------------------------
+    model, tokenizer = load_base_model(cfg["model"], device=accelerator.device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    source = build_source(cfg["embedding"], model, tokenizer)
+    train_docs, heldout = load_documents(cfg["data"], cfg["heldout_pct"], cfg["max_docs"])
+    if not train_docs:
+        sys.exit("no training documents: check 'data' in the config")
+    log(f"documents: {len(train_docs)} train, {len(heldout)} held aside; embedding {source.id}")
+    embeddings = torch.cat([source.embed([d.text for d, _ in train_docs[i:i + 256]])
+                            for i in range(0, len(train_docs), 256)])
+    encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"])
+    scaling = encoder.hypernet.config.scaling
+    log(f"hypernetwork: {encoder.hypernet.num_parameters():,} parameters")
+    recon_store = AdapterStore(cfg["recon_store"]) if cfg["weights"].get("recon") else None
+
+    optim = torch.optim.AdamW(encoder.hypernet.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / max(cfg["warmup"], 1)) * 0.5 * (
+        1 + math.cos(math.pi * min(s, cfg["steps"]) / cfg["steps"])))
+    hypernet, optim = accelerator.prepare(encoder.hypernet, optim)
+
+    # --- resume ------------------------------------------------------------------------------
+    state_dir, step = out / "state", 0
+    if (state_dir / "step.json").exists():
+        accelerator.load_state(str(state_dir))
+        step = json.loads((state_dir / "step.json").read_text())["step"]
+        for _ in range(step):
+            sched.step()
+        log(f"resumed from step {step}")
+
+    def save_state() -> None:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(state_dir))
+        if accelerator.is_main_process:
+            (state_dir / "step.json").write_text(json.dumps({"step": step}))
+
+    # Every process draws its own documents: the seed includes the rank and the step, so a resumed
+    # run continues the same sequence and processes never train on the same batch.
+    weights = cfg["weights"]
+    log_path = out / "log.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "heldout_hashes.json").write_text(json.dumps([content_hash(d.text) for d, _ in heldout]))
+    bar = tqdm(total=cfg["steps"], initial=step, desc="train hypernet", disable=not accelerator.is_main_process)
+    t_start = time.time()
+    while step < cfg["steps"]:
+        rng = random.Random(hash((cfg["seed"], accelerator.process_index, step)))
+        idx = rng.sample(range(len(train_docs)), min(cfg["docs_per_step"], len(train_docs)))
+        out_f = hypernet(embeddings[idx].to(accelerator.device))
+        rows, docs, questions, answers = [], [], [], []
+        for r, i in enumerate(idx):
+            doc, qa = train_docs[i]
+            for q, a in rng.sample(qa, min(cfg["qa_per_doc"], len(qa))):
+                rows.append(r)
+                docs.append(doc)
+                questions.append(q)
+                answers.append(a)
+        student, teacher = qa_batches(tokenizer, docs, questions, answers)
+        row_t = torch.tensor(rows, device=accelerator.device)
+        factors = {t.name: (out_f[t.role][0][row_t, t.layer], out_f[t.role][1][row_t, t.layer])
+                   for t in encoder.targets}
+        with lora_hooks(model, factors, scaling=scaling):
+            s_logits = answer_logits(model, student)
+        losses = {}
+        if weights.get("lm"):
+            losses["lm"] = lm_loss(s_logits, student)
+        if weights.get("kl"):
+            with torch.no_grad():
+                t_logits = answer_logits(model, teacher)
+            losses["kl"] = distill_loss(s_logits, t_logits)
+        if recon_store is not None:
+            dists = []
+            for r, i in enumerate(idx):
+                exact = recon_store.get(content_hash(train_docs[i][0].text), cfg["recon_encoder_key"],
+                                        encoder.base_model)
+                if exact is None:
+                    continue
+                for t in encoder.targets:
+                    a2, b2 = (x.to(accelerator.device) for x in exact.factors[t.name])
+                    dists.append(delta_distance(out_f[t.role][0][r, t.layer], out_f[t.role][1][r, t.layer],
+                                                scaling, a2, b2, exact.scaling))
+            if dists:
+                losses["recon"] = torch.stack(dists).mean()
+        loss = sum(weights[k] * v for k, v in losses.items())
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(hypernet.parameters(), 1.0)
+        optim.step()
+        sched.step()
+        optim.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+            record = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
+                      "lr": sched.get_last_lr()[0], "seconds": time.time() - t_start}
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "lm", "kl", "recon")})
+            if accelerator.is_main_process:
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+        if step % cfg["save_every"] == 0 or step == cfg["steps"]:
+            save_state()
+    bar.close()
+
+    if accelerator.is_main_process:
+        encoder.hypernet = accelerator.unwrap_model(hypernet)
+        encoder.save_pretrained(out / "final")
+        log(f"saved {out / 'final'}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
