@@ -7,10 +7,13 @@ from .augment import AugmentConfig
 from .encoder import DocumentEncoder
 from .exact import ExactEncoder, LoraTrainConfig
 
-ENCODERS = ("exact",)
+ENCODERS = ("exact", "hyper")
 
 
 def add_encoder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument_group("generated encoder").add_argument(
+        "--checkpoint", default=None,
+        help="hypernetwork checkpoint directory (default: the shipped checkpoint for the default model)")
     g = p.add_argument_group("exact encoder (PRAG recipe defaults)")
     d = LoraTrainConfig()
     g.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
@@ -27,4 +30,7 @@ def build_encoder(name: str, model, tokenizer, args: argparse.Namespace) -> Docu
     if name == "exact":
         lora = LoraTrainConfig(rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, bf16=args.bf16)
         return ExactEncoder(model, tokenizer, lora, AugmentConfig(n_rewrites=args.n_rewrites, n_qa=args.n_qa))
+    if name == "hyper":
+        from .hyper_encoder import HyperEncoder
+        return HyperEncoder.from_pretrained(args.checkpoint, model, tokenizer)
     raise ValueError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")

@@ -27,15 +27,21 @@ from .store import AdapterStore
 class Mode:
     name: str
     passages_in_prompt: bool
-    adapters: bool
+    encoder: str | None          # which encoder's adapters are injected; None for in-context modes
     description: str
+
+    @property
+    def adapters(self) -> bool:
+        return self.encoder is not None
 
 
 MODES: dict[str, Mode] = {
-    "closed": Mode("closed", False, False, "no passages: what the model knows by itself"),
-    "rag": Mode("rag", True, False, "top-k retrieved passages in the prompt"),
-    "prag": Mode("prag", False, True, "merged adapters of the top-k passages, no passages in the prompt"),
-    "prag-combine": Mode("prag-combine", True, True, "merged adapters and the passages in the prompt"),
+    "closed": Mode("closed", False, None, "no passages: what the model knows by itself"),
+    "rag": Mode("rag", True, None, "top-k retrieved passages in the prompt"),
+    "prag": Mode("prag", False, "exact", "trained adapters of the top-k passages, merged; no passages in the prompt"),
+    "prag-combine": Mode("prag-combine", True, "exact", "trained adapters and the passages in the prompt"),
+    "hyper": Mode("hyper", False, "hyper", "generated adapters of the top-k passages, merged; no passages"),
+    "hyper-combine": Mode("hyper-combine", True, "hyper", "generated adapters and the passages in the prompt"),
 }
 
 

@@ -140,3 +140,23 @@ def test_cli_encode_non_utf8_file_is_one_clear_line(tmp_path, capsys):
     assert main(["encode", "--docs", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"hyperprag: error: {path}:2: not valid UTF-8 (byte 38)"
+
+
+@pytest.mark.parametrize("mode", ["hyper", "hyper-combine"])
+def test_cli_hyper_modes_with_a_checkpoint(tmp_path, tokenizer, monkeypatch, mode):
+    from hyperprag.embeddings import HiddenStateEmbedding
+    from hyperprag.hyper_encoder import HyperEncoder
+    from hyperprag.models import load_base_model
+    from hyperprag.store import AdapterStore
+
+    model_dir = _tiny_model_dir(tmp_path, tokenizer)
+    model, tok = load_base_model(str(model_dir))
+    HyperEncoder.create(model, HiddenStateEmbedding(model, tok), hidden=16).save_pretrained(tmp_path / "ckpt")
+    data = tmp_path / "q.jsonl"
+    _write_questions(data)
+    assert main(["eval", "--data", str(data), "--mode", mode, "--model", str(model_dir), "--top-k", "2",
+                 "--max-new-tokens", "3", "--store", str(tmp_path / "store"), "--checkpoint",
+                 str(tmp_path / "ckpt"), "--quiet", "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["n"] == 3
+    records = AdapterStore(tmp_path / "store").records()
+    assert len(records) == 5 and all(r.encoder.startswith("hyper-v1-") for r in records)
