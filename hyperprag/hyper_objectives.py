@@ -62,10 +62,17 @@ def answer_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> A
 
 
 def answer_logits(model, batch: AnswerBatch) -> torch.Tensor:
-    """(n_answer_tokens, vocab) logits at the answer positions."""
+    """(n_answer_tokens, vocab) logits at the answer positions.
+
+    The LM head is applied to those positions only: with Gemma's 262k vocabulary, full logits for
+    a batch of passages would be gigabytes and dominate the step.
+    """
     device = next(model.parameters()).device
-    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device))
-    return out.logits[batch.rows.to(device), batch.positions.to(device)].float()
+    hidden = model.base_model(input_ids=batch.input_ids.to(device),
+                              attention_mask=batch.attention_mask.to(device)).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[batch.rows.to(device), batch.positions.to(device)]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def qa_batches(tokenizer, docs: Sequence[Passage], questions: Sequence[str], answers: Sequence[str]):

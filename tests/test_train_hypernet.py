@@ -71,3 +71,19 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     launch(tmp_path, model_dir, data, 1, steps=5, out="run")
     log = launch(tmp_path, model_dir, data, 1, steps=10, out="run")
     assert [r["step"] for r in log] == list(range(1, 11))  # steps 6-10 appended, 1-5 not redone
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_answer_logits_equal_full_forward_at_answer_positions(arch, tokenizer):
+    import torch
+
+    from conftest import tiny_model
+    from hyperprag.hyper_objectives import answer_batch, answer_logits
+
+    model = tiny_model(arch)
+    model.config.final_logit_softcapping = 30.0 if arch == "gemma3_text" else None
+    batch = answer_batch(tokenizer, ["Question: who?\nAnswer:", "Q: a longer prompt here?\nAnswer:"],
+                         ["Pell Okonjo", "nine"])
+    with torch.no_grad():
+        full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        assert torch.allclose(answer_logits(model, batch), full[batch.rows, batch.positions], atol=1e-5)

@@ -1,0 +1,39 @@
+import math
+
+import pytest
+import torch
+
+from conftest import random_adapter, tiny_model
+from hyperprag.diagnostics import (delta_inner, mean_pairwise_cosine, similarity_matrix, specificity,
+                                   wrong_document)
+
+
+def test_delta_inner_matches_materialised_deltas():
+    model = tiny_model()
+    x, y = random_adapter(model, 1), random_adapter(model, 2)
+    full = sum(float((x.delta(n) * y.delta(n)).sum()) for n in x.factors)
+    assert delta_inner(x, y) == pytest.approx(full, rel=1e-4)
+
+
+def test_identical_adapters_have_cosine_one_and_independent_ones_near_zero():
+    model = tiny_model()
+    same = [random_adapter(model, 1, doc=f"d{i}") for i in range(3)]
+    assert mean_pairwise_cosine(same) == pytest.approx(1.0, abs=1e-6)
+    different = [random_adapter(model, s) for s in range(4)]
+    assert abs(mean_pairwise_cosine(different)) < 0.2
+    assert torch.allclose(similarity_matrix(different).diagonal(), torch.ones(4, dtype=torch.float64))
+
+
+def test_wrong_document_never_keeps_the_right_one():
+    model = tiny_model()
+    ads = [random_adapter(model, s) for s in range(3)] * 2
+    wrong = wrong_document(ads, seed=3)
+    assert all(w.doc_hash != a.doc_hash for w, a in zip(wrong, ads))
+    with pytest.raises(ValueError):
+        wrong_document([ads[0], ads[0]])
+
+
+def test_specificity_share_of_lift():
+    s = specificity(0.1, 0.5, 0.18)
+    assert s["lift"] == pytest.approx(0.4) and s["share_of_lift_lost"] == pytest.approx(0.8)
+    assert math.isnan(specificity(0.2, 0.2, 0.2)["share_of_lift_lost"])
