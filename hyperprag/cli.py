@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how documents are used")
     ev.add_argument("--limit", type=int, default=None, help="only the first N questions")
     ev.add_argument("--out", default=None, help="write the result JSON here (mode, n, em, f1, predictions)")
+    ev.add_argument("--wrong-doc", action="store_true",
+                    help="specificity ablation for the parametric modes: answer each question with the "
+                         "adapters of another question's passages")
     _add_model_args(ev)
     _add_parametric_args(ev)
 
@@ -133,6 +136,7 @@ def _adapters(args, model, tokenizer, retrieved, encoder_name: str):
 
 
 def cmd_eval(args) -> int:
+    from .diagnostics import mean_pairwise_cosine, wrong_document
     from .evaluate import evaluate, get_mode
     from .models import load_base_model
 
@@ -142,12 +146,20 @@ def cmd_eval(args) -> int:
     model, tokenizer = load_base_model(args.model)
     mode = get_mode(args.mode)
     adapters = _adapters(args, model, tokenizer, retrieved, mode.encoder) if mode.adapters else None
+    if args.wrong_doc:
+        if adapters is None:
+            raise HyperpragError("--wrong-doc only applies to the parametric modes")
+        adapters = wrong_document(adapters)
     result = evaluate(model, tokenizer, examples, args.mode, retrieved, args.batch_size,
                       args.max_new_tokens, progress=not args.quiet, adapters=adapters)
+    if adapters is not None and len({a.doc_hash for a in adapters[:50]}) > 1:
+        result["adapter_mean_cosine"] = mean_pairwise_cosine(adapters[:50])
     result["config"] = {k: v for k, v in vars(args).items() if k != "func"}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    if "adapter_mean_cosine" in result:
+        print(f"adapter mean pairwise cosine (first 50 questions): {result['adapter_mean_cosine']:.3f}")
     print(f"EM={result['em']:.4f} F1={result['f1']:.4f} n={result['n']}")
     return 0
 

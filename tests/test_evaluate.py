@@ -117,6 +117,8 @@ def test_cli_parametric_modes_encode_on_demand_then_reuse_the_store(tmp_path, to
     assert {r.file: (tmp_path / "store" / r.file).stat().st_mtime_ns for r in store.records()} == mtimes
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["mode"] == mode and result["n"] == 3
+    assert -1.0 <= result["adapter_mean_cosine"] <= 1.0
+    assert main(args + ["--wrong-doc"]) == 0
 
 
 def test_cli_encode_fills_store_and_skips_done(tmp_path, tokenizer, capsys, monkeypatch):
