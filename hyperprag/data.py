@@ -132,8 +132,10 @@ def _load_json(path: Path) -> object:
 
 def read_squad_json(path: str | Path) -> list[QAExample]:
     """Native SQuAD v1.1 JSON: one example per question, its paragraph as the only passage."""
-    path = Path(path)
-    root = _load_json(path)
+    return _parse_squad(_load_json(Path(path)), Path(path))
+
+
+def _parse_squad(root: object, path: Path) -> list[QAExample]:
     if not isinstance(root, dict) or not isinstance(root.get("data"), list):
         raise DataError(path, None, "not SQuAD JSON: expected an object with a 'data' list")
     examples = []
@@ -152,8 +154,10 @@ def read_squad_json(path: str | Path) -> list[QAExample]:
 
 def read_hotpot_json(path: str | Path) -> list[QAExample]:
     """Native HotpotQA JSON (distractor or fullwiki dev): context pairs of title and sentences."""
-    path = Path(path)
-    root = _load_json(path)
+    return _parse_hotpot(_load_json(Path(path)), Path(path))
+
+
+def _parse_hotpot(root: object, path: Path) -> list[QAExample]:
     if not isinstance(root, list):
         raise DataError(path, None, "not HotpotQA JSON: expected a list of questions")
     examples = []
@@ -172,5 +176,5 @@ def load_questions(path: str | Path) -> list[QAExample]:
     path = Path(path)
     if path.suffix == ".json":
         root = _load_json(path)
-        return read_squad_json(path) if isinstance(root, dict) else read_hotpot_json(path)
+        return _parse_squad(root, path) if isinstance(root, dict) else _parse_hotpot(root, path)
     return read_qa_jsonl(path)
