@@ -90,10 +90,24 @@ def encoder_cost(model, tok, encoder, docs, pad_to=3000):
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
+def squad_spread(examples, n, per_doc):
+    """The first ``per_doc`` questions of successive paragraphs until ``n``: 100 questions over
+    20 passages rather than 100 questions over the first 4 paragraphs."""
+    taken, out = {}, []
+    for ex in examples:
+        if taken.get(ex.doc_id, 0) < per_doc:
+            taken[ex.doc_id] = taken.get(ex.doc_id, 0) + 1
+            out.append(ex)
+            if len(out) == n:
+                break
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--squad", type=int, default=100)
+    ap.add_argument("--squad-per-doc", type=int, default=5)
     ap.add_argument("--hotpot", type=int, default=30)
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -108,7 +122,7 @@ def main():
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"config": vars(args)}
-    squad = load_questions(f"{args.data}/squad.jsonl")[: args.squad]
+    squad = squad_spread(load_questions(f"{args.data}/squad.jsonl"), args.squad, args.squad_per_doc)
     hotpot = load_questions(f"{args.data}/hotpotqa.jsonl")[: args.hotpot]
     result["squad"], s_ret, s_ads = quality(model, tok, encoder, store, "squad", squad, args.top_k, args.batch_size)
     (out_dir / "result.json").write_text(json.dumps(result, indent=1))

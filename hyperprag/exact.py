@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -85,7 +84,6 @@ class ExactEncoder(DocumentEncoder):
             t.name: ((torch.rand(self.lora.rank, t.in_features, generator=gen) * 2 - 1) / math.sqrt(t.in_features),
                      torch.zeros(t.out_features, self.lora.rank))
             for t in self.targets}
-        self.last_timings: list[dict[str, float]] = []
 
     @property
     def key(self) -> str:
@@ -103,20 +101,14 @@ class ExactEncoder(DocumentEncoder):
 
     def encode(self, docs: Sequence[Passage], progress: bool = False) -> list[DocAdapter]:
         prepared = [self._truncate(d) for d in docs]
-        t0 = time.perf_counter()
         augs = self.augmenter.augment([d for d, _ in prepared], progress=progress)
-        augment_seconds = (time.perf_counter() - t0) / max(len(docs), 1)
-        adapters, self.last_timings = [], []
-        for (doc, extra), aug in zip(prepared, augs):
-            t1 = time.perf_counter()
+        adapters = []
+        for original, (doc, extra), aug in zip(docs, prepared, augs):
             factors = self.train(training_sequences(doc, aug))
-            train_seconds = time.perf_counter() - t1
-            self.last_timings.append({"augment": augment_seconds, "train": train_seconds})
             if aug.failed:
                 extra["augmentation_failed"] = aug.failed
-            # The hash is of the original text, so the store finds the adapter for the document given.
-            original = docs[len(adapters)]
             extra["encoder_key"] = self.key
+            # Hashed on the text as given, so the store finds the adapter for that document.
             adapters.append(DocAdapter(factors, self.lora.scaling, self.base_model, self.name, self.version,
                                        content_hash(original.text), extra))
         return adapters
