@@ -178,15 +178,33 @@ def cmd_encode(args) -> int:
         except DataError:
             raise corpus_err from None
     docs = list({content_hash(d.text): d for d in docs}.values())[: args.limit]
-    model, tokenizer = load_base_model(args.model)
+    # Under `accelerate launch`, each process takes every n-th document; the store is safe for
+    # concurrent writers, so together they fill one store. A plain run is one process of one.
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available()) if _launched() else None
+    if state is not None:
+        docs = docs[state.process_index::state.num_processes]
+        print(f"process {state.process_index}/{state.num_processes}: {len(docs)} documents", file=sys.stderr)
+    model, tokenizer = load_base_model(args.model, device=state.device if state else "cpu")
     encoder = build_encoder(args.encoder, model, tokenizer, args)
     store = _store(args)
-    adapters = store.get_or_encode(docs, encoder, progress=not args.quiet)
-    failed = sum(1 for a in adapters if "augmentation_failed" in a.extra)
-    sizes = [r.bytes for r in store.records() if r.encoder == encoder.key]
-    print(f"stored={len(adapters)} augmentation_failed={failed} store={store.root} "
+    store.get_or_encode(docs, encoder, progress=not args.quiet and (state is None or state.is_main_process))
+    if state is not None:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return 0
+    records = [r for r in store.records() if r.encoder == encoder.key]
+    sizes = [r.bytes for r in records]
+    failed = sum("augmentation_failed" in json.loads(r.meta.get("extra", "{}")) for r in records)
+    print(f"stored={len(sizes)} augmentation_failed={failed} store={store.root} "
           f"bytes_per_doc={sum(sizes) // max(len(sizes), 1)}")
     return 0
+
+
+def _launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def cmd_demo(args) -> int:

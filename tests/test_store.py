@@ -91,3 +91,26 @@ def test_two_processes_writing_one_store(tmp_path):
     assert len(store.records()) == 15 and store.verify() == []
     for rec in store.records():
         assert store.get(rec.doc_hash, "fake-v1", "tiny-llama") is not None
+
+
+def test_encode_sharded_over_two_accelerate_processes_fills_one_store(tmp_path, tokenizer):
+    import json
+
+    from conftest import tiny_model as make
+
+    model_dir = tmp_path / "tiny"
+    make("llama").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"id": f"p{i}", "title": f"T{i}", "text": f"Fact number {i} of Vask."})
+                                for i in range(6)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYPERPRAG_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hyperprag", "encode", "--docs", str(corpus),
+           "--model", str(model_dir), "--store", str(tmp_path / "store"), "--quiet", "--n-qa", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "process 0/2: 3 documents" in proc.stderr and "process 1/2: 3 documents" in proc.stderr
+    assert proc.stdout.count("stored=6 ") == 1  # printed once, by the main process, for the whole store
+    store = AdapterStore(tmp_path / "store")
+    assert len(store.records()) == 6 and store.verify() == []

@@ -44,11 +44,14 @@ def launch(tmp_path, model_dir, data, processes: int, steps: int, out: str):
                       f"steps: {steps}\ndocs_per_step: 4\nlr: 3.0e-2\nwarmup: 1\nsave_every: 5\nlog_every: 1\n"
                       f"weights: {{lm: 1.0, kl: 0.5}}\nout: {tmp_path / out}\n")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+    # Several CPU processes: accelerate's torchrun launcher (--multi_gpu); with no GPU they use gloo.
+    launcher = ["--multi_gpu"] if processes > 1 else ["--cpu"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(ROOT / "training" / "train_hypernet.py"), str(config)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"processes: {processes}" in proc.stdout
     return [json.loads(line) for line in (tmp_path / out / "log.jsonl").read_text().splitlines()]
 
 

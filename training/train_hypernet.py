@@ -1,8 +1,8 @@
 """Train the hypernetwork (document embedding -> FFN LoRA). Readable top to bottom.
 
     accelerate launch --num_processes 1 training/train_hypernet.py training/configs/squad_minilm.yaml
-    accelerate launch --num_processes 2 --cpu training/train_hypernet.py CONFIG   # gloo, 2 CPU processes
-    accelerate launch --num_processes 8 training/train_hypernet.py CONFIG         # GPUs, unchanged
+    accelerate launch --multi_gpu --num_processes 2 training/train_hypernet.py CONFIG  # no GPU: 2 CPU processes, gloo
+    accelerate launch --multi_gpu --num_processes 8 training/train_hypernet.py CONFIG  # 8 GPUs, unchanged
 
 Documents come from question files in the shared JSONL shape; a question with exactly one passage
 (SQuAD) gives that passage a QA pair. Documents are split by content hash: a fixed fraction is
@@ -90,6 +90,7 @@ def main() -> None:
     train_docs, heldout = load_documents(cfg["data"], cfg["heldout_pct"], cfg["max_docs"])
     if not train_docs:
         sys.exit("no training documents: check 'data' in the config")
+    log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type})")
     log(f"documents: {len(train_docs)} train, {len(heldout)} held aside; embedding {source.id}")
     embeddings = torch.cat([source.embed([d.text for d, _ in train_docs[i:i + 256]])
                             for i in range(0, len(train_docs), 256)])
