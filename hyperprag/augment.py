@@ -148,7 +148,7 @@ class Augmenter:
             if need_rw:
                 longest = max(len(self.tokenizer(docs[i].text)["input_ids"]) for i in need_rw)
                 outs = generate_completions(self.model, self.tokenizer, [rewrite_prompt(docs[i]) for i in need_rw],
-                                            max_new_tokens=min(int(longest * 1.5) + 16, 512),
+                                            max_new_tokens=min(int(longest * 1.2) + 16, 320),
                                             temperature=temperature, seed=seed)
                 for i, out in zip(need_rw, outs):
                     rw = parse_rewrite(out)
