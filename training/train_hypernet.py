@@ -37,7 +37,7 @@ from hyperprag.models import load_base_model
 from hyperprag.store import AdapterStore
 
 DEFAULTS = {
-    "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20,
+    "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
     "rank": 2, "alpha": 32.0, "hidden": 256, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0}, "recon_store": None, "recon_encoder_key": None,
@@ -57,8 +57,9 @@ def load_config(path: str, overrides: list[str]) -> dict:
     return cfg
 
 
-def load_documents(files: list[str], heldout_pct: int, max_docs: int | None):
-    """(train, heldout): lists of (Passage, [(question, answer), ...]) split by document hash."""
+def load_documents(files: list[str], heldout_pct: int, max_docs: int | None, heldout_first: int = 0):
+    """(train, heldout): lists of (Passage, [(question, answer), ...]) split by document hash, plus
+    the first ``heldout_first`` documents in file order (the ones the benchmarks evaluate on)."""
     docs: dict[str, tuple[Passage, list]] = {}
     for f in files:
         for ex in load_questions(f):
@@ -66,8 +67,8 @@ def load_documents(files: list[str], heldout_pct: int, max_docs: int | None):
                 p = ex.passages[0]
                 docs.setdefault(content_hash(p.text), (p, []))[1].append((ex.question, ex.answers[0]))
     train, held = [], []
-    for h, item in docs.items():
-        (held if int(h[:8], 16) % 100 < heldout_pct else train).append(item)
+    for n, (h, item) in enumerate(docs.items()):
+        (held if n < heldout_first or int(h[:8], 16) % 100 < heldout_pct else train).append(item)
     return train[:max_docs], held
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     source = build_source(cfg["embedding"], model, tokenizer)
-    train_docs, heldout = load_documents(cfg["data"], cfg["heldout_pct"], cfg["max_docs"])
+    train_docs, heldout = load_documents(cfg["data"], cfg["heldout_pct"], cfg["max_docs"], cfg["heldout_first"])
     if not train_docs:
         sys.exit("no training documents: check 'data' in the config")
     log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type})")
