@@ -24,6 +24,8 @@ from hyperprag.models import load_base_model
 from hyperprag.prompts import build_prompt
 from hyperprag.store import AdapterStore
 
+from common import squad_spread
+
 MODES = ("closed", "rag", "prag", "prag-combine")
 
 
@@ -89,19 +91,6 @@ def encoder_cost(model, tok, encoder, docs, pad_to=3000):
         rows.append({"augment": aug_s, "train_dynamic": dyn_s, f"train_pad{pad_to}": pad_s})
         print(f"doc: augment {aug_s:.1f}s train {dyn_s:.1f}s (padded to {pad_to}: {pad_s:.1f}s)")
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-
-
-def squad_spread(examples, n, per_doc):
-    """The first ``per_doc`` questions of successive paragraphs until ``n``: 100 questions over
-    20 passages rather than 100 questions over the first 4 paragraphs."""
-    taken, out = {}, []
-    for ex in examples:
-        if taken.get(ex.doc_id, 0) < per_doc:
-            taken[ex.doc_id] = taken.get(ex.doc_id, 0) + 1
-            out.append(ex)
-            if len(out) == n:
-                break
-    return out
 
 
 def synthetic_merged(model, n: int, k: int, seed: int = 0):

@@ -1,4 +1,5 @@
-"""Generated against trained adapters on held-aside SQuAD paragraphs (never trained on).
+"""Generated against trained adapters on held-aside SQuAD paragraphs (never trained on): the same
+100 questions over 20 paragraphs as benchmarks/exact_bench.py, reusing its store of exact adapters.
 
 Runs closed, rag, prag, prag-combine, hyper, hyper-combine and the wrong-document ablations on the
 same questions, the adapter similarity of both encoders, and the encoder cost side by side.
@@ -21,34 +22,32 @@ from hyperprag.hyper_encoder import HyperEncoder
 from hyperprag.models import load_base_model
 from hyperprag.store import AdapterStore
 
+from common import squad_spread
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--heldout", default=None, help="heldout_hashes.json (default: beside the checkpoint)")
     ap.add_argument("--data", default="../shared/data/squad.jsonl")
-    ap.add_argument("--docs", type=int, default=20)
-    ap.add_argument("--questions-per-doc", type=int, default=3)
-    ap.add_argument("--store", default="out/hyper-store")
+    ap.add_argument("--questions", type=int, default=100)
+    ap.add_argument("--questions-per-doc", type=int, default=5)
+    ap.add_argument("--store", default="out/exact-store")
     ap.add_argument("--out", default="out/hyper")
     ap.add_argument("--skip-exact", action="store_true")
     args = ap.parse_args()
     heldout = set(json.loads(Path(args.heldout or Path(args.checkpoint).parent / "heldout_hashes.json").read_text()))
-    per_doc: dict[str, list] = {}
-    for ex in load_questions(args.data):
-        h = content_hash(ex.passages[0].text)
-        if h in heldout and (h in per_doc or len(per_doc) < args.docs):
-            per_doc.setdefault(h, [])
-            if len(per_doc[h]) < args.questions_per_doc:
-                per_doc[h].append(ex)
-    examples = [ex for exs in per_doc.values() for ex in exs]
+    examples = squad_spread(load_questions(args.data), args.questions, args.questions_per_doc)
+    hashes = [content_hash(ex.passages[0].text) for ex in examples]
+    if not set(hashes) <= heldout:
+        raise SystemExit(f"{len(set(hashes) - heldout)} benchmark paragraphs were trained on; use another checkpoint")
     retrieved = [list(ex.passages) for ex in examples]
     model, tok = load_base_model()
     store = AdapterStore(args.store)
     hyper = HyperEncoder.from_pretrained(args.checkpoint, model, tok)
     encoders = {"hyper": hyper} if args.skip_exact else {"hyper": hyper, "exact": ExactEncoder(model, tok)}
     adapters = {name: merged_adapters(retrieved, store, enc) for name, enc in encoders.items()}
-    result = {"config": vars(args), "n_docs": len(per_doc), "n_questions": len(examples)}
+    result = {"config": vars(args), "n_docs": len(set(hashes)), "n_questions": len(examples)}
     runs = [("closed", None), ("rag", None), ("hyper", "hyper"), ("hyper-combine", "hyper")]
     if "exact" in adapters:
         runs += [("prag", "exact"), ("prag-combine", "exact")]
@@ -61,10 +60,10 @@ def main():
             result[mode]["wrong_doc_f1"] = w["f1"]
             result[mode]["specificity"] = specificity(result["closed"]["f1"], r["f1"], w["f1"])
         print(mode, json.dumps(result[mode]))
-    one_per_doc = {name: [ads[i] for i in range(0, len(ads), args.questions_per_doc)][: args.docs]
-                   for name, ads in adapters.items()}
+    first = [hashes.index(h) for h in dict.fromkeys(hashes)]
+    one_per_doc = {name: [ads[i] for i in first] for name, ads in adapters.items()}
     result["mean_pairwise_cosine"] = {n: mean_pairwise_cosine(a) for n, a in one_per_doc.items()}
-    docs = [exs[0].passages[0] for exs in per_doc.values()]
+    docs = [examples[i].passages[0] for i in first]
     times = {"batch1": [], "batch64": []}
     for _ in range(5):
         t0 = time.perf_counter()
