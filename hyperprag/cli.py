@@ -252,6 +252,9 @@ def _print_demo_table(examples, results: dict[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     handler = {"eval": cmd_eval, "encode": cmd_encode, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
