@@ -129,6 +129,8 @@ def main() -> None:
         (out / "heldout_hashes.json").write_text(json.dumps([content_hash(d.text) for d, _ in heldout]))
     bar = tqdm(total=cfg["steps"], initial=step, desc="train hypernet", disable=not accelerator.is_main_process)
     t_start = time.time()
+    running: dict[str, float] = {}  # loss sums since the last log line; the log shows their means
+    last_log = step
     while step < cfg["steps"]:
         rng = random.Random(hash((cfg["seed"], accelerator.process_index, step)))
         idx = rng.sample(range(len(train_docs)), min(cfg["docs_per_step"], len(train_docs)))
@@ -168,6 +170,14 @@ def main() -> None:
             if dists:
                 losses["recon"] = torch.stack(dists).mean()
         loss = sum(weights[k] * v for k, v in losses.items())
+        for k, v in [("loss", loss), *losses.items()]:
+            running[k] = running.get(k, 0.0) + v.item()
+        paired = {}
+        if (step + 1) % cfg["log_every"] == 0 and "lm" in losses:
+            # The same batch's answer loss without any adapter: is the generated adapter helping?
+            with torch.no_grad():
+                paired = {"lm_this_step": losses["lm"].item(),
+                          "lm_no_adapter_this_step": lm_loss(answer_logits(model, student), student).item()}
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(hypernet.parameters(), 1.0)
         optim.step()
@@ -176,9 +186,11 @@ def main() -> None:
         step += 1
         bar.update(1)
         if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-            record = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
+            seen = step - last_log
+            record = {"step": step, **{k: v / seen for k, v in running.items()}, **paired,
                       "lr": sched.get_last_lr()[0], "seconds": time.time() - t_start}
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "lm", "kl", "recon")})
+            running, last_log = {}, step
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "lm", "kl")})
             if accelerator.is_main_process:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
