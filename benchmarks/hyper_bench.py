@@ -1,9 +1,9 @@
 """Generated against trained adapters on held-aside SQuAD paragraphs (never trained on): the same
 100 questions over 20 paragraphs as benchmarks/exact_bench.py, reusing its store of exact adapters.
 
-Runs closed, rag, prag, prag-combine, hyper, hyper-combine and the wrong-document ablations on the
-same questions, the adapter similarity of both encoders, and the encoder cost side by side.
-Usage: .venv/bin/python benchmarks/hyper_bench.py --checkpoint runs/squad_minilm/final [--docs 20]
+Runs closed, prag, hyper, hyper-combine and the wrong-document ablations of prag and hyper on
+the same questions, the adapter similarity of both encoders, and the hypernetwork's cost.
+Usage: .venv/bin/python benchmarks/hyper_bench.py --checkpoint runs/squad_minilm/final
 """
 from __future__ import annotations
 
