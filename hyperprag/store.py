@@ -106,26 +106,26 @@ class AdapterStore:
         rec = self.record(doc_hash, encoder, base_model)
         if rec is None:
             return None
-        problem = self.check(rec)
+        data, problem = self._read_verified(rec)
         if problem:
             log.warning("store %s: %s; it will be re-encoded", self.root, problem)
             self._forget(rec)
             return None
-        return DocAdapter.from_bytes((self.root / rec.file).read_bytes(), str(self.root / rec.file))
+        return DocAdapter.from_bytes(data, str(self.root / rec.file))
 
-    def check(self, rec: StoreRecord) -> str | None:
-        """Why a record's file cannot be trusted, or None when it matches its recorded sha256."""
+    def _read_verified(self, rec: StoreRecord) -> tuple[bytes | None, str | None]:
+        """The record's file and None, or None and why it cannot be trusted (missing, sha256 mismatch)."""
         try:
             data = (self.root / rec.file).read_bytes()
         except FileNotFoundError:
-            return f"{rec.file} is missing"
+            return None, f"{rec.file} is missing"
         if hashlib.sha256(data).hexdigest() != rec.sha256:
-            return f"{rec.file} is corrupt (sha256 mismatch)"
-        return None
+            return None, f"{rec.file} is corrupt (sha256 mismatch)"
+        return data, None
 
     def verify(self) -> list[str]:
         """Every problem in the store, for a report; nothing is changed."""
-        return [p for p in (self.check(r) for r in self.records()) if p]
+        return [p for p in (self._read_verified(r)[1] for r in self.records()) if p]
 
     def _forget(self, rec: StoreRecord) -> None:
         with self._connect() as db:
