@@ -154,7 +154,7 @@ def cmd_eval(args) -> int:
                       args.max_new_tokens, progress=not args.quiet, adapters=adapters)
     if adapters is not None and len({a.doc_hash for a in adapters[:50]}) > 1:
         result["adapter_mean_cosine"] = mean_pairwise_cosine(adapters[:50])
-    result["config"] = {k: v for k, v in vars(args).items() if k != "func"}
+    result["config"] = vars(args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
