@@ -116,9 +116,7 @@ class Augmenter:
         hashes = [content_hash(d.text) for d in docs]
         results: dict[str, Augmentation] = {}
         todo = []
-        for doc, h in zip(docs, hashes):
-            if h in results:
-                continue
+        for h, doc in dict(zip(hashes, docs)).items():  # a repeated document is augmented once
             cached = self._cached(h)
             if cached is not None:
                 results[h] = cached

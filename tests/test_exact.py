@@ -122,3 +122,12 @@ def test_bf16_autocast_trains(tokenizer):
     enc, model = make_encoder(tokenizer, lr=1e-2, epochs=3, bf16=True)
     [ad] = enc.encode([DOC])
     assert _qa_loss(model, tokenizer, enc, ad) < _qa_loss(model, tokenizer, enc)
+
+
+def test_repeated_document_is_augmented_once(tmp_path, tokenizer, monkeypatch):
+    aug = Augmenter(tiny_model(), tokenizer, AugmentConfig(max_retries=0), cache=tmp_path)
+    batches = []
+    original = aug._augment_batch
+    monkeypatch.setattr(aug, "_augment_batch", lambda docs, hashes: batches.append(len(docs)) or original(docs, hashes))
+    first, second = aug.augment([DOC, DOC], progress=False)
+    assert batches == [1] and first == second
