@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from hyperprag.augment import Augmenter
-from hyperprag.data import load_questions
+from hyperprag.data import load_questions, spread_questions
 from hyperprag.evaluate import evaluate, merged_adapters, retrieve_all
 from hyperprag.exact import ExactEncoder, LoraTrainConfig, training_sequences
 from hyperprag.generation import generate_completions
@@ -24,7 +24,6 @@ from hyperprag.models import load_base_model
 from hyperprag.prompts import build_prompt
 from hyperprag.store import AdapterStore
 
-from common import squad_spread
 
 MODES = ("closed", "rag", "prag", "prag-combine")
 
@@ -143,7 +142,7 @@ def main():
     result["throughput_q_per_s"] = thr | {"ratio": thr["per_row_adapters"] / thr["plain"]}
     print(json.dumps({"latency_s": result["latency_s"], "throughput_q_per_s": result["throughput_q_per_s"]}))
     save()
-    squad = squad_spread(load_questions(f"{args.data}/squad.jsonl"), args.squad, args.squad_per_doc)
+    squad = spread_questions(load_questions(f"{args.data}/squad.jsonl"), args.squad, args.squad_per_doc)
     result["squad"], _, _ = quality(model, tok, encoder, store, "squad", squad, args.top_k, args.batch_size)
     result["bytes_per_doc"] = statistics.median(r.bytes for r in store.records() if r.encoder == encoder.key)
     save()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from hyperprag.adapter import content_hash
-from hyperprag.data import load_questions
+from hyperprag.data import load_questions, spread_questions
 from hyperprag.diagnostics import mean_pairwise_cosine, specificity, wrong_document
 from hyperprag.evaluate import evaluate, merged_adapters
 from hyperprag.exact import ExactEncoder
@@ -22,7 +22,6 @@ from hyperprag.hyper_encoder import HyperEncoder
 from hyperprag.models import load_base_model
 from hyperprag.store import AdapterStore
 
-from common import squad_spread
 
 
 def main():
@@ -37,7 +36,7 @@ def main():
     ap.add_argument("--skip-exact", action="store_true")
     args = ap.parse_args()
     heldout = set(json.loads(Path(args.heldout or Path(args.checkpoint).parent / "heldout_hashes.json").read_text()))
-    examples = squad_spread(load_questions(args.data), args.questions, args.questions_per_doc)
+    examples = spread_questions(load_questions(args.data), args.questions, args.questions_per_doc)
     hashes = [content_hash(ex.passages[0].text) for ex in examples]
     if not set(hashes) <= heldout:
         raise SystemExit(f"{len(set(hashes) - heldout)} benchmark paragraphs were trained on; use another checkpoint")

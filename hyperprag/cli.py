@@ -1,9 +1,10 @@
-"""``hyperprag`` command line: eval, encode and demo."""
+"""``hyperprag`` command line: eval, encode, bench and demo."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -13,6 +14,9 @@ from .errors import HyperpragError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The names of evaluate.MODES, kept here so `--help` does not import torch (a test keeps them equal).
+MODES = ("closed", "rag", "prag", "prag-combine", "hyper", "hyper-combine")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="passage corpus JSONL ({id,title,text} a line) to retrieve from; by default each "
                          "question's own candidate passages are ranked")
     ev.add_argument("--mode", required=True,
-                    choices=("closed", "rag", "prag", "prag-combine", "hyper", "hyper-combine"),
+                    choices=MODES,
                     help="how documents are used")
     ev.add_argument("--limit", type=int, default=None, help="only the first N questions")
     ev.add_argument("--out", default=None, help="write the result JSON here (mode, n, em, f1, predictions)")
@@ -83,6 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--encoder", choices=("exact", "hyper"), default="exact",
                      help="exact (train each LoRA) or hyper (generate it with the hypernetwork)")
     _add_parametric_args(enc)
+
+    bench = sub.add_parser(
+        "bench", help="all modes on the same questions: quality, cost, latency, specificity; report + plots",
+        description="Run closed, rag, prag, prag-combine, hyper and hyper-combine on the same questions with "
+                    "the same retrieved passages, then time both encoders, query latency and per-row-adapter "
+                    "throughput, and measure adapter specificity (delta similarity, wrong-document ablation). "
+                    "Writes OUT/results.json (every figure, the configuration, versions and the command), "
+                    "OUT/report.md and PNG plots. Adapters are reused from --store and answers are kept per "
+                    "batch in OUT/work, so a rerun or a killed run redoes no finished work.")
+    bench.add_argument("--data", required=True, nargs="+", metavar="FILE",
+                       help="one or more question files (shared JSONL shape, or native SQuAD/HotpotQA JSON); "
+                            "each is reported separately")
+    bench.add_argument("--corpus", default=None, help="passage corpus JSONL to retrieve from, for every --data")
+    bench.add_argument("--out", required=True, help="output directory")
+    bench.add_argument("--limit", type=int, default=None, help="only the first N questions of each file")
+    bench.add_argument("--per-doc", type=int, default=None,
+                       help="at most N questions per passage (SQuAD has ~5 a paragraph: --per-doc 5 --limit 100 "
+                            "spans 20 paragraphs)")
+    bench.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), metavar="MODE",
+                       help=f"modes to run (default all: {' '.join(MODES)})")
+    bench.add_argument("--cost-docs", type=int, default=2,
+                       help="documents the exact encoder is timed on from a cold cache (default 2; 0 skips)")
+    bench.add_argument("--repeats", type=int, default=3, help="timing repeats; medians are reported (default 3)")
+    bench.add_argument("--latency-queries", type=int, default=8, help="queries timed one by one (default 8)")
+    bench.add_argument("--throughput-queries", type=int, default=16, help="queries in the throughput batch (default 16)")
+    bench.add_argument("--similarity-docs", type=int, default=20,
+                       help="documents in the adapter-similarity matrix (default 20)")
+    _add_model_args(bench)
+    _add_parametric_args(bench)
 
     demo = sub.add_parser(
         "demo", help="the main job on built-in fictional documents",
@@ -203,6 +236,49 @@ def cmd_encode(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BenchSettings, Dataset, run_bench
+    from .data import spread_questions
+    from .encoders import build_encoder
+    from .evaluate import get_mode
+    from .hyper_encoder import DEFAULT_CHECKPOINT
+    from .models import load_base_model
+
+    for name in ("limit", "per_doc", "repeats"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise HyperpragError(f"--{name.replace('_', '-')} must be at least 1")
+    corpus = read_corpus(args.corpus) if args.corpus else None
+    datasets, names = [], set()
+    for path in args.data:
+        examples = spread_questions(load_questions(path), args.limit, args.per_doc)
+        name = Path(path).stem
+        while name in names:
+            name += "'"
+        names.add(name)
+        datasets.append(Dataset(name, str(path), examples, _retrieve(args, examples, corpus)))
+    wanted = {get_mode(m).encoder for m in args.modes} - {None}
+    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    if "hyper" in wanted and not (checkpoint / "config.json").exists():
+        raise HyperpragError(f"no hypernetwork checkpoint at {checkpoint}; pass --checkpoint or leave out the hyper modes")
+    model, tokenizer = load_base_model(args.model)
+    encoders = {name: build_encoder(name, model, tokenizer, args) for name in sorted(wanted)}
+    settings = BenchSettings(
+        modes=args.modes, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, merge=args.merge,
+        cost_docs=args.cost_docs, repeats=args.repeats, latency_queries=args.latency_queries,
+        throughput_queries=args.throughput_queries, similarity_docs=args.similarity_docs,
+        progress=not args.quiet, command=shlex.join(["hyperprag"] + args.argv), options=vars(args))
+    out = Path(args.out)
+    results = run_bench(model, tokenizer, datasets, encoders, _store(args), out, settings,
+                        checkpoint if "hyper" in encoders else None)
+    from .report import headline_table, verdicts
+
+    print(headline_table(results))
+    for line in verdicts(results):
+        print(f"- {line}")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def _launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -251,11 +327,13 @@ def _print_demo_table(examples, results: dict[str, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv) if argv is not None else sys.argv[1:]
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded by bench with its results
     if getattr(args, "quiet", False):
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
-    handler = {"eval": cmd_eval, "encode": cmd_encode, "demo": cmd_demo}[args.command]
+    handler = {"eval": cmd_eval, "encode": cmd_encode, "bench": cmd_bench, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except (DataError, HyperpragError, ValueError) as err:

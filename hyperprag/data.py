@@ -6,7 +6,7 @@ row in a 10,000-line file is found without a debugger.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,3 +178,20 @@ def load_questions(path: str | Path) -> list[QAExample]:
         root = _load_json(path)
         return _parse_squad(root, path) if isinstance(root, dict) else _parse_hotpot(root, path)
     return read_qa_jsonl(path)
+
+
+def spread_questions(examples: Sequence[QAExample], n: int | None, per_doc: int | None) -> list[QAExample]:
+    """The first ``per_doc`` questions of each passage, in order, until ``n``: with SQuAD's ~5
+    questions a paragraph, 100 questions then span 20 paragraphs instead of the first few."""
+    if per_doc is None:
+        return list(examples[:n])
+    taken: dict[str, int] = {}
+    out = []
+    for ex in examples:
+        key = ex.doc_id or ex.id
+        if taken.get(key, 0) < per_doc:
+            taken[key] = taken.get(key, 0) + 1
+            out.append(ex)
+            if n is not None and len(out) == n:
+                break
+    return out

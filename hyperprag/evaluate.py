@@ -87,15 +87,23 @@ def evaluate(model, tokenizer, examples: Sequence[QAExample], mode: str,
                             "passages": [p.title or p.id for p in ps], "seconds": per_question})
         bar.update(len(batch))
     bar.close()
-    n = len(records)
-    return {
-        "mode": mode,
-        "n": n,
-        "em": sum(r["em"] for r in records) / n if n else 0.0,
-        "f1": sum(r["f1"] for r in records) / n if n else 0.0,
-        "seconds_per_question": sum(r["seconds"] for r in records) / n if n else 0.0,
-        "predictions": records,
-    }
+    return {"mode": mode, **summarize(records), "predictions": records}
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Mean EM, F1 and seconds over answered questions, overall and per question type (when the
+    data has types, e.g. HotpotQA's bridge/comparison)."""
+    def means(rs):
+        n = len(rs)
+        return {"n": n, "em": sum(r["em"] for r in rs) / n if n else 0.0,
+                "f1": sum(r["f1"] for r in rs) / n if n else 0.0}
+
+    out = means(records)
+    out["seconds_per_question"] = sum(r["seconds"] for r in records) / len(records) if records else 0.0
+    types = sorted({r["type"] for r in records if r.get("type")})
+    if types:
+        out["by_type"] = {t: means([r for r in records if r.get("type") == t]) for t in types}
+    return out
 
 
 def merged_adapters(retrieved: Sequence[Sequence[Passage]], store: AdapterStore, encoder: DocumentEncoder,

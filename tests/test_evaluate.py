@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import tiny_model
+from conftest import tiny_model, tiny_model_dir
 from hyperprag.cli import main
 from hyperprag.data import Passage, QAExample
 from hyperprag.evaluate import evaluate, retrieve_all
@@ -86,13 +86,6 @@ def test_cli_help_explains_options(capsys):
         assert option in text
 
 
-def _tiny_model_dir(tmp_path, tokenizer):
-    model_dir = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
-
-
 def _write_questions(path):
     path.write_text("\n".join(json.dumps({"id": e.id, "question": e.question, "answers": e.answers,
                                           "passages": [{"title": p.title, "text": p.text} for p in e.passages]})
@@ -104,7 +97,7 @@ def test_cli_parametric_modes_encode_on_demand_then_reuse_the_store(tmp_path, to
     from hyperprag.store import AdapterStore
 
     monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
-    model_dir = _tiny_model_dir(tmp_path, tokenizer)
+    model_dir = tiny_model_dir(tmp_path, tokenizer)
     data = tmp_path / "q.jsonl"
     _write_questions(data)
     args = ["eval", "--data", str(data), "--mode", mode, "--model", str(model_dir), "--top-k", "1",
@@ -123,7 +116,7 @@ def test_cli_parametric_modes_encode_on_demand_then_reuse_the_store(tmp_path, to
 
 def test_cli_encode_fills_store_and_skips_done(tmp_path, tokenizer, capsys, monkeypatch):
     monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
-    model_dir = _tiny_model_dir(tmp_path, tokenizer)
+    model_dir = tiny_model_dir(tmp_path, tokenizer)
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("\n".join(json.dumps({"id": f"p{i}", "title": f"T{i}", "text": f"Fact number {i}."})
                                 for i in range(3)))
@@ -151,7 +144,7 @@ def test_cli_hyper_modes_with_a_checkpoint(tmp_path, tokenizer, monkeypatch, mod
     from hyperprag.models import load_base_model
     from hyperprag.store import AdapterStore
 
-    model_dir = _tiny_model_dir(tmp_path, tokenizer)
+    model_dir = tiny_model_dir(tmp_path, tokenizer)
     model, tok = load_base_model(str(model_dir))
     HyperEncoder.create(model, HiddenStateEmbedding(model, tok), hidden=16).save_pretrained(tmp_path / "ckpt")
     data = tmp_path / "q.jsonl"

@@ -1,0 +1,369 @@
+"""``hyperprag bench``: in-context, trained and generated adapters on the same questions.
+
+Every mode answers the same questions with the same retrieved passages; cost, latency, throughput
+and specificity are measured in the same process, each timing a median over repeats, and timings
+that are compared run interleaved. Nothing finished is ever redone: adapters live in the store,
+answers are appended per batch to ``OUT/work/answers-*.jsonl`` and timings kept in
+``OUT/work/*.json``, each file named by a hash of everything its result depends on, so a killed
+run resumes and a run with other settings never reuses a stale piece.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .adapter import DocAdapter, content_hash
+from .data import Passage, QAExample
+from .diagnostics import similarity_matrix, specificity, wrong_document
+from .encoder import DocumentEncoder
+from .evaluate import MODES, evaluate, get_mode, merged_adapters, summarize
+from .generation import generate_completions
+from .inject import inject
+from .merge import merge_adapters
+from .models import model_id
+from .prompts import build_prompt
+from .store import AdapterStore
+
+ALL_MODES = tuple(MODES)
+
+
+@dataclass
+class Dataset:
+    """One question file: its questions and, per question, the passages every mode uses."""
+    name: str
+    path: str
+    examples: list[QAExample]
+    retrieved: list[list[Passage]]
+
+    @property
+    def passages(self) -> list[Passage]:
+        """Distinct retrieved passages, in order of first use."""
+        return list({content_hash(p.text): p for ps in self.retrieved for p in ps}.values())
+
+
+@dataclass
+class BenchSettings:
+    modes: Sequence[str] = ALL_MODES
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    merge: str = "sum"
+    cost_docs: int = 2           # documents the exact encoder is timed on, from a cold augmentation cache
+    repeats: int = 3             # timing repeats (medians)
+    latency_queries: int = 8
+    throughput_queries: int = 16
+    similarity_docs: int = 20
+    progress: bool = True
+    command: str | None = None                   # recorded in results.json and the report
+    options: dict = field(default_factory=dict)  # the command line's options, recorded likewise
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class WorkDir:
+    """Finished pieces of a bench run, one file each, named by what they depend on."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def stage(self, name: str, key: str, compute: Callable[[], dict]) -> dict:
+        path = self.root / f"{name}-{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        value = compute()
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, path)
+        return value
+
+    def answers_path(self, name: str, key: str) -> Path:
+        return self.root / f"answers-{name}-{key}.jsonl"
+
+
+def _read_records(path: Path) -> list[dict]:
+    """Answers written so far; a line cut by a kill is dropped (that question is answered again)."""
+    records = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def answer_all(model, tokenizer, ds: Dataset, mode: str, adapters: Sequence[DocAdapter] | None,
+               path: Path, settings: BenchSettings, label: str) -> list[dict]:
+    """Answer every question of ``ds`` in ``mode``, appending each batch's answers to ``path`` so a
+    killed run continues after the last finished batch."""
+    records = _read_records(path)
+    if len(records) > len(ds.examples):
+        raise ValueError(f"{path} holds more answers than there are questions; delete it")
+    with path.open("w", encoding="utf-8") as f:  # rewrite once to drop a cut last line
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    bs = settings.batch_size
+    bar = tqdm(total=len(ds.examples), initial=len(records), desc=f"{ds.name} {label}", unit="q",
+               disable=not settings.progress or len(records) == len(ds.examples))
+    for start in range(len(records), len(ds.examples), bs):
+        end = start + bs
+        r = evaluate(model, tokenizer, ds.examples[start:end], mode, ds.retrieved[start:end], bs,
+                     settings.max_new_tokens, progress=False,
+                     adapters=adapters[start:end] if adapters is not None else None)
+        with path.open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in r["predictions"])
+            f.flush()
+            os.fsync(f.fileno())
+        records += r["predictions"]
+        bar.update(len(r["predictions"]))
+    bar.close()
+    return records
+
+
+def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str, DocumentEncoder],
+              store: AdapterStore, out: Path, settings: BenchSettings,
+              hyper_checkpoint: Path | None = None) -> dict:
+    """Run everything, write ``results.json``, ``report.md`` and the plots into ``out``; return the results."""
+    from .plots import write_plots
+    from .report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = WorkDir(out / "work")
+    modes = [get_mode(m) for m in settings.modes]
+    base = model_id(model)
+    results: dict = {
+        "command": settings.command,
+        "settings": {k: v for k, v in vars(settings).items() if k not in ("command", "options", "progress")},
+        "options": settings.options,
+        "versions": _versions(),
+        "base_model": base,
+        "encoders": {n: e.key for n, e in encoders.items()},
+        "hyper_checkpoint": str(hyper_checkpoint) if hyper_checkpoint else None,
+        "datasets": {},
+    }
+    merged: dict[str, dict[str, list[DocAdapter]]] = {}
+    for ds in datasets:
+        ds_key = fingerprint(base, ds.path, [ex.id for ex in ds.examples],
+                             [[content_hash(p.text) for p in ps] for ps in ds.retrieved])
+        merged[ds.name] = {name: merged_adapters(ds.retrieved, store, enc, settings.merge, settings.progress)
+                           for name, enc in encoders.items()}
+        entry = {"path": ds.path, "n_questions": len(ds.examples), "n_passages": len(ds.passages), "modes": {}}
+        answers = {}
+        for mode in modes:
+            enc_key = encoders[mode.encoder].key if mode.adapters else None
+            key = fingerprint(ds_key, mode.name, enc_key, settings.merge, settings.max_new_tokens)
+            ads = merged[ds.name][mode.encoder] if mode.adapters else None
+            answers[mode.name] = answer_all(model, tokenizer, ds, mode.name, ads,
+                                            work.answers_path(f"{ds.name}-{mode.name}", key), settings, mode.name)
+            entry["modes"][mode.name] = summarize(answers[mode.name])
+        entry["wrong_document"] = _wrong_document(model, tokenizer, ds, ds_key, entry, merged[ds.name],
+                                                  encoders, work, settings)
+        entry["similarity"] = _similarity(ds, encoders, store, settings.similarity_docs)
+        if hyper_checkpoint is not None:
+            entry["hyper_trained_on"] = training_overlap(hyper_checkpoint, ds)
+        entry["predictions"] = {m: [{"id": r["id"], "prediction": r["prediction"], "f1": r["f1"]} for r in rs]
+                                for m, rs in answers.items()}
+        results["datasets"][ds.name] = entry
+
+    first = datasets[0]
+    first_merged = merged[first.name]
+    timing_key = fingerprint(base, results["encoders"], results["settings"],
+                             [content_hash(p.text) for p in first.passages[: settings.cost_docs]])
+    results["cost_seconds_per_doc"] = work.stage(
+        "cost", timing_key, lambda: encoder_cost(model, tokenizer, encoders, first.passages, settings))
+    results["bytes_per_doc"] = {n: statistics.median(r.bytes for r in store.records() if r.encoder == e.key)
+                                for n, e in encoders.items()}
+    results["latency_seconds"] = work.stage(
+        "latency", timing_key, lambda: query_latency(model, tokenizer, first, first_merged, encoders, modes, settings))
+    results["throughput_q_per_s"] = work.stage(
+        "throughput", timing_key, lambda: batch_throughput(model, tokenizer, first, first_merged, settings))
+    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    plots = write_plots(results, out)
+    write_report(results, out, plots)
+    return results
+
+
+def _wrong_document(model, tokenizer, ds, ds_key, entry, merged, encoders, work, settings) -> dict:
+    """Adapter-only modes answered with another document's adapters: how much of the lift remains."""
+    out = {}
+    if "closed" not in entry["modes"] or len(ds.passages) < 2:
+        return out
+    for name in ("prag", "hyper"):
+        mode = get_mode(name)
+        if name not in entry["modes"]:
+            continue
+        wrong = wrong_document(merged[mode.encoder])
+        key = fingerprint(ds_key, name, "wrong-document", encoders[mode.encoder].key, settings.merge,
+                          settings.max_new_tokens)
+        recs = answer_all(model, tokenizer, ds, name, wrong, work.answers_path(f"{ds.name}-{name}-wrongdoc", key),
+                          settings, f"{name} (wrong document)")
+        s = summarize(recs)
+        out[name] = {"em": s["em"], "f1": s["f1"]} | specificity(
+            entry["modes"]["closed"]["f1"], entry["modes"][name]["f1"], s["f1"])
+    return out
+
+
+def _similarity(ds: Dataset, encoders, store: AdapterStore, n_docs: int) -> dict:
+    """Pairwise cosine of the per-document deltas (not merged) of the first ``n_docs`` passages."""
+    docs = ds.passages[:n_docs]
+    if len(docs) < 2:
+        return {}
+    out = {}
+    for name, enc in encoders.items():
+        sim = similarity_matrix(store.get_or_encode(docs, enc, progress=False))
+        n = sim.shape[0]
+        out[name] = {"mean_pairwise_cosine": float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))),
+                     "matrix": [[round(float(v), 4) for v in row] for row in sim]}
+    return out
+
+
+def training_overlap(checkpoint: Path, ds: Dataset) -> int | None:
+    """How many of the dataset's passages the hypernetwork may have been trained on: those of a
+    training data file that are not in the checkpoint's held-aside list. None if unknown."""
+    import yaml
+
+    cfg_path, held_path = checkpoint / "training_config.yaml", checkpoint / "heldout_hashes.json"
+    if not cfg_path.exists() or not held_path.exists():
+        return None
+    data = yaml.safe_load(cfg_path.read_text()).get("data") or []
+    data = [data] if isinstance(data, str) else data
+    if Path(ds.path).name not in {Path(d).name for d in data}:
+        return 0
+    held = set(json.loads(held_path.read_text()))
+    return sum(content_hash(p.text) not in held for p in ds.passages)
+
+
+def encoder_cost(model, tokenizer, encoders: dict[str, DocumentEncoder], passages: Sequence[Passage],
+                 settings: BenchSettings) -> dict:
+    """Seconds to parameterise one document. Exact: augmentation from a cold cache and training,
+    per document, median over ``cost_docs`` documents. Hyper: batch 1 and batch 64 (per document),
+    split into embedding and hypernetwork, medians over ``repeats``."""
+    from .augment import Augmenter
+    from .exact import ExactEncoder, training_sequences
+
+    out: dict = {}
+    docs = list(passages[: max(settings.cost_docs, 1)])
+    exact = encoders.get("exact")
+    if isinstance(exact, ExactEncoder) and settings.cost_docs > 0:
+        rows = []
+        with tempfile.TemporaryDirectory() as cold:
+            timed = ExactEncoder(model, tokenizer, exact.lora,
+                                 augmenter=Augmenter(model, tokenizer, exact.augmenter.config, cache=Path(cold)))
+            for doc in tqdm(docs, desc="exact encoder cost", unit="doc", disable=not settings.progress):
+                t0 = time.perf_counter()
+                [aug] = timed.augmenter.augment([doc], progress=False)
+                t1 = time.perf_counter()
+                timed.train(training_sequences(doc, aug))
+                rows.append({"augment": t1 - t0, "train": time.perf_counter() - t1})
+        out["exact"] = {k: statistics.median(r[k] for r in rows) for k in ("augment", "train")}
+        out["exact"]["total"] = out["exact"]["augment"] + out["exact"]["train"]
+        out["exact"]["n_docs"] = len(rows)
+    hyper = encoders.get("hyper")
+    if hyper is not None:
+        out["hyper"] = hyper_cost(hyper, docs, settings.repeats)
+    if "exact" in out and "hyper" in out:
+        out["exact_over_hyper"] = {f"batch{b}": out["exact"]["total"] / out["hyper"][f"batch{b}"] for b in (1, 64)}
+    return out
+
+
+def hyper_cost(hyper, docs: Sequence[Passage], repeats: int) -> dict:
+    import torch
+
+    times: dict[str, list[float]] = {"batch1": [], "batch64": [], "embed64": [], "hypernet64": []}
+    batch = (list(docs) * 64)[:64]
+    hyper.encode(docs[:1])  # warm-up
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        hyper.encode(docs[:1])
+        times["batch1"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        hyper.encode(batch)
+        times["batch64"].append((time.perf_counter() - t0) / 64)
+        t0 = time.perf_counter()
+        emb = hyper.source.embed([d.text for d in batch])
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            hyper.hypernet(emb)
+        times["embed64"].append((t1 - t0) / 64)
+        times["hypernet64"].append((time.perf_counter() - t1) / 64)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def query_latency(model, tokenizer, ds: Dataset, merged: dict[str, list[DocAdapter]], encoders,
+                  modes, settings: BenchSettings) -> dict:
+    """Seconds per single query (batch 1, 8 new tokens, no early stop so every mode writes the same
+    length), interleaved across modes, median over questions x repeats. ``hyper+encode`` also
+    generates and merges the passages' adapters per query, the cost of never storing them."""
+    times: dict[str, list[float]] = {m.name: [] for m in modes}
+    on_the_fly = "hyper" in encoders and any(m.encoder == "hyper" for m in modes)
+    if on_the_fly:
+        times["hyper+encode"] = []
+    n = min(settings.latency_queries, len(ds.examples))
+    for _ in range(settings.repeats):
+        for i in range(n):
+            ex, ps = ds.examples[i], ds.retrieved[i]
+            for name in times:
+                spec = get_mode("hyper" if name == "hyper+encode" else name)
+                prompt = build_prompt(ex.question, ps if spec.passages_in_prompt else ())
+                t0 = time.perf_counter()
+                adapter = merged[spec.encoder][i] if spec.adapters else None
+                if name == "hyper+encode":
+                    adapter = merge_adapters(encoders["hyper"].encode(ps), settings.merge)
+                with inject(model, adapter):
+                    generate_completions(model, tokenizer, [prompt], max_new_tokens=8, stop="\x00")
+                times[name].append(time.perf_counter() - t0)
+    out = {m: statistics.median(v) for m, v in times.items()}
+    if "rag" in out:
+        out["ratio_to_rag"] = {m: out[m] / out["rag"] for m in out if m != "rag"}
+    return out
+
+
+def batch_throughput(model, tokenizer, ds: Dataset, merged: dict[str, list[DocAdapter]],
+                     settings: BenchSettings) -> dict:
+    """Questions per second for one batch of queries, each with its own merged adapter, against
+    the same batch with no adapter (closed-book prompts, 8 new tokens each), interleaved."""
+    n = min(settings.throughput_queries, len(ds.examples))
+    prompts = [build_prompt(ex.question) for ex in ds.examples[:n]]
+    runs = {"plain": None} | {f"per_row_{name}": ads[:n] for name, ads in merged.items()}
+    res: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(settings.repeats):
+        for key, rows in runs.items():
+            t0 = time.perf_counter()
+            with inject(model, rows):
+                generate_completions(model, tokenizer, prompts, max_new_tokens=8, stop="\x00")
+            res[key].append(n / (time.perf_counter() - t0))
+    out = {k: statistics.median(v) for k, v in res.items()} | {"batch": n}
+    out["ratio_to_plain"] = {k: out[k] / out["plain"] for k in runs if k != "plain"}
+    return out
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    from . import __version__
+
+    commit = None
+    head = Path(__file__).resolve().parent.parent / ".git"
+    if head.exists():
+        import subprocess
+        try:
+            commit = subprocess.run(["git", "-C", str(head.parent), "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True, timeout=10).stdout.strip() or None
+        except OSError:
+            commit = None
+    return {"hyperprag": __version__, "git_commit": commit, "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"}

@@ -1,0 +1,142 @@
+"""``report.md`` for a bench run, written from its results alone. Every sentence that compares modes
+is computed from the figures, so the report cannot claim more than the run showed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def _secs(x: float) -> str:
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.1f} s"
+
+
+def headline_table(results: dict) -> str:
+    """Mode x dataset F1 (EM), the table the README shows."""
+    datasets = results["datasets"]
+    modes = list(next(iter(datasets.values()))["modes"])
+    head = "| mode | " + " | ".join(f"{n} F1 (EM), n={d['n_questions']}" for n, d in datasets.items()) + " |"
+    rows = [head, "|---" * (len(datasets) + 1) + "|"]
+    for m in modes:
+        cells = [f"{_f(d['modes'][m]['f1'])} ({_f(d['modes'][m]['em'], 2)})" for d in datasets.values()]
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def verdicts(results: dict) -> list[str]:
+    """Plain statements of where generated adapters stand against trained ones and against the bar."""
+    lines = []
+    for name, ds in results["datasets"].items():
+        m = ds["modes"]
+        if not {"closed", "rag"} <= m.keys():
+            continue
+        gap = m["rag"]["f1"] - m["closed"]["f1"]
+        for mode in ("prag", "hyper"):
+            if mode in m and abs(gap) > 1e-9:
+                share = (m[mode]["f1"] - m["closed"]["f1"]) / gap
+                lines.append(f"{name}: `{mode}` closes {share:.0%} of the closed->rag F1 gap "
+                             f"({_f(m['closed']['f1'])} -> {_f(m[mode]['f1'])}, rag {_f(m['rag']['f1'])}).")
+        if {"prag", "hyper"} <= m.keys():
+            d = m["hyper"]["f1"] - m["prag"]["f1"]
+            word = "beat" if d > 0 else "fall short of"
+            lines.append(f"{name}: generated adapters {word} trained ones by {abs(d):.3f} F1 "
+                         f"(hyper {_f(m['hyper']['f1'])} vs prag {_f(m['prag']['f1'])}).")
+        for mode, w in ds.get("wrong_document", {}).items():
+            lines.append(f"{name}: with another document's adapters `{mode}` scores F1 {_f(w['f1'])}; "
+                         f"share of its lift lost {_f(w['share_of_lift_lost'], 2)} (lift {w['lift']:+.3f}; "
+                         "1.0 = all of it, the adapter is specific; meaningless when the lift is near zero).")
+    cost = results.get("cost_seconds_per_doc", {})
+    if "exact_over_hyper" in cost:
+        r = cost["exact_over_hyper"]
+        lines.append(f"Generating an adapter is {r['batch1']:,.0f}x cheaper than training one at batch 1 "
+                     f"and {r['batch64']:,.0f}x at batch 64 (the bar is 10,000x).")
+    return lines
+
+
+def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
+    L: list[str] = ["# hyperprag bench report", ""]
+    L += ["Every mode answers the same questions with the same retrieved passages. Timings are medians "
+          "over repeats; timings that are compared were measured interleaved in one process.", ""]
+    if results.get("command"):
+        L += ["Command:", "", "```bash", results["command"], "```", ""]
+    v = results["versions"]
+    L += [f"Base model `{results['base_model']}`; encoders: "
+          + ", ".join(f"{n} `{k}`" for n, k in results["encoders"].items())
+          + (f"; hypernetwork checkpoint `{results['hyper_checkpoint']}`" if results.get("hyper_checkpoint") else "")
+          + ".", "",
+          f"hyperprag {v['hyperprag']} (commit {v['git_commit']}), torch {v['torch']}, transformers "
+          f"{v['transformers']}, peft {v['peft']}, Python {v['python']}; {v['machine']}.", ""]
+    s = results["settings"]
+    L += [f"Settings: top-k {results['options'].get('top_k', 'n/a')}, merge `{s['merge']}`, batch {s['batch_size']}, "
+          f"up to {s['max_new_tokens']} new tokens, greedy.", ""]
+
+    L += ["## Summary", ""] + [f"- {line}" for line in verdicts(results)] + [""]
+    L += ["## Quality (EM/F1)", "", headline_table(results), ""]
+    for name, ds in results["datasets"].items():
+        L += [f"### {name}", "", f"`{ds['path']}`: {ds['n_questions']} questions, {ds['n_passages']} distinct "
+              "retrieved passages."]
+        if ds.get("hyper_trained_on") is not None:
+            L += [f"Passages the hypernetwork may have been trained on: {ds['hyper_trained_on']}."]
+        L += ["", "| mode | EM | F1 | s/question (batched) |", "|---|---|---|---|"]
+        for m, r in ds["modes"].items():
+            L.append(f"| {m} | {_f(r['em'])} | {_f(r['f1'])} | {r['seconds_per_question']:.2f} |")
+        types = sorted({t for r in ds["modes"].values() for t in r.get("by_type", {})})
+        if types:
+            L += ["", "F1 per question type:", "", "| mode | " + " | ".join(
+                f"{t} (n={next(iter(ds['modes'].values()))['by_type'][t]['n']})" for t in types) + " |",
+                  "|---" * (len(types) + 1) + "|"]
+            for m, r in ds["modes"].items():
+                L.append(f"| {m} | " + " | ".join(_f(r["by_type"][t]["f1"]) for t in types) + " |")
+        if ds.get("wrong_document"):
+            L += ["", "Wrong-document ablation (each question answered with another question's adapters):", "",
+                  "| mode | F1 right adapters | F1 wrong adapters | lift over closed | share of lift lost |",
+                  "|---|---|---|---|---|"]
+            for m, w in ds["wrong_document"].items():
+                L.append(f"| {m} | {_f(ds['modes'][m]['f1'])} | {_f(w['f1'])} | {w['lift']:+.3f} | "
+                         f"{_f(w['share_of_lift_lost'], 2)} |")
+        if ds.get("similarity"):
+            L += ["", "Mean pairwise cosine of the per-document deltas (first "
+                  f"{len(next(iter(ds['similarity'].values()))['matrix'])} passages; near 1 = one adapter for every "
+                  "document): " + ", ".join(f"{n} {_f(x['mean_pairwise_cosine'])}" for n, x in ds["similarity"].items())
+                  + "."]
+        L.append("")
+
+    cost = results.get("cost_seconds_per_doc", {})
+    if cost:
+        L += ["## Cost of parameterising a document", "", "| encoder | seconds per document |", "|---|---|"]
+        if "exact" in cost:
+            e = cost["exact"]
+            L += [f"| exact: augmentation (cold cache) | {_secs(e['augment'])} |",
+                  f"| exact: training | {_secs(e['train'])} |",
+                  f"| exact: total (median of {e['n_docs']} documents) | {_secs(e['total'])} |"]
+        if "hyper" in cost:
+            h = cost["hyper"]
+            L += [f"| generated, batch 1 | {_secs(h['batch1'])} |",
+                  f"| generated, batch 64 (per document) | {_secs(h['batch64'])} |",
+                  f"| of which embedding (batch 64) | {_secs(h['embed64'])} |",
+                  f"| of which hypernetwork (batch 64) | {_secs(h['hypernet64'])} |"]
+        L.append("")
+    if results.get("bytes_per_doc"):
+        L += ["Bytes stored per document: " + ", ".join(f"{n} {int(b):,}" for n, b in results["bytes_per_doc"].items())
+              + ".", ""]
+    lat = results.get("latency_seconds")
+    if lat:
+        L += ["## Query latency (batch 1, 8 new tokens)", "", "| mode | seconds | ratio to rag |", "|---|---|---|"]
+        for m, secs in lat.items():
+            if m != "ratio_to_rag":
+                L.append(f"| {m} | {secs:.3f} | {_f(lat.get('ratio_to_rag', {}).get(m), 2) if m != 'rag' else '1.00'} |")
+        L += ["", "`hyper+encode` generates and merges the passages' adapters inside each query (nothing stored).", ""]
+    thr = results.get("throughput_q_per_s")
+    if thr:
+        L += [f"## Throughput ({thr['batch']} queries in one batch, each with its own merged adapters)", "",
+              "| run | queries/s | ratio to plain |", "|---|---|---|", f"| plain | {thr['plain']:.2f} | 1.00 |"]
+        for k, r in thr["ratio_to_plain"].items():
+            L.append(f"| {k} | {thr[k]:.2f} | {r:.2f} |")
+        L.append("")
+    if plots:
+        L += ["## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()] + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(L))
+    return path

@@ -1,0 +1,126 @@
+"""`hyperprag bench` end to end on a tiny model: every figure and file is there, all modes share the
+questions and passages, and a killed run resumes without redoing finished work."""
+import json
+
+import pytest
+
+from conftest import tiny_model_dir
+from hyperprag import bench as bench_mod
+from hyperprag.cli import MODES, main
+
+FACTS = [("Amberlin Codex", "Which book does the Velmora library hold?", "The Velmora library holds the Amberlin Codex."),
+         ("Glass Regatta", "Which race is rowed on Lake Quenby?", "The Glass Regatta is rowed on Lake Quenby."),
+         ("Tollick", "Who founded the town of Brisk?", "The town of Brisk was founded by Tollick."),
+         ("cobalt", "What colour is the Harrowgate flag?", "The Harrowgate flag is cobalt with a white star.")]
+
+
+def _write(path, typed: bool):
+    lines = []
+    for i, (ans, q, text) in enumerate(FACTS):
+        row = {"id": f"{path.stem}{i}", "question": q, "answers": [ans],
+               "passages": [{"title": f"T{i}", "text": text}, {"title": "filler", "text": f"Filler text {i}."}]}
+        if typed:
+            row["type"] = "bridge" if i % 2 else "comparison"
+        lines.append(json.dumps(row))
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path, tokenizer, monkeypatch):
+    from hyperprag.embeddings import HiddenStateEmbedding
+    from hyperprag.hyper_encoder import HyperEncoder
+    from hyperprag.models import load_base_model
+
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
+    model_dir = tiny_model_dir(tmp_path, tokenizer)
+    model, tok = load_base_model(str(model_dir))
+    HyperEncoder.create(model, HiddenStateEmbedding(model, tok), hidden=16).save_pretrained(tmp_path / "ckpt")
+    a, b = _write(tmp_path / "alpha.jsonl", typed=False), _write(tmp_path / "beta.jsonl", typed=True)
+    args = ["bench", "--data", str(a), str(b), "--out", str(tmp_path / "out"), "--model", str(model_dir),
+            "--store", str(tmp_path / "store"), "--checkpoint", str(tmp_path / "ckpt"), "--top-k", "1",
+            "--batch-size", "2", "--max-new-tokens", "3", "--n-qa", "1", "--cost-docs", "1", "--repeats", "1",
+            "--latency-queries", "2", "--throughput-queries", "2", "--quiet"]
+    return tmp_path, args
+
+
+def test_cli_modes_are_the_engine_modes():
+    from hyperprag.evaluate import MODES as ENGINE_MODES
+
+    assert MODES == tuple(ENGINE_MODES)
+
+
+def test_bench_writes_every_figure_report_and_plots(setup, capsys):
+    tmp_path, args = setup
+    assert main(args) == 0
+    out = tmp_path / "out"
+    res = json.loads((out / "results.json").read_text())
+    assert res["command"].startswith("hyperprag bench --data") and res["versions"]["torch"]
+    assert set(res["datasets"]) == {"alpha", "beta"}
+    for name, ds in res["datasets"].items():
+        assert list(ds["modes"]) == list(MODES)
+        assert all(ds["modes"][m]["n"] == 4 and 0 <= ds["modes"][m]["f1"] <= 1 for m in MODES)
+        assert set(ds["wrong_document"]) == {"prag", "hyper"}
+        for enc in ("exact", "hyper"):
+            matrix = ds["similarity"][enc]["matrix"]
+            assert len(matrix) == 4 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(4))
+        # the same passages for every mode, question by question
+        answers = {m: [json.loads(line)["passages"] for line in next((out / "work").glob(f"answers-{name}-{m}-*.jsonl"))
+                       .read_text().splitlines()] for m in MODES}
+        assert all(answers[m] == answers["closed"] for m in MODES)
+    assert "by_type" not in res["datasets"]["alpha"]["modes"]["rag"]
+    assert set(res["datasets"]["beta"]["modes"]["rag"]["by_type"]) == {"bridge", "comparison"}
+    cost = res["cost_seconds_per_doc"]
+    assert cost["exact"]["augment"] > 0 and cost["exact"]["train"] > 0 and cost["hyper"]["batch64"] > 0
+    assert cost["exact_over_hyper"]["batch1"] > 0
+    assert set(res["latency_seconds"]) >= set(MODES) | {"hyper+encode", "ratio_to_rag"}
+    assert set(res["throughput_q_per_s"]["ratio_to_plain"]) == {"per_row_exact", "per_row_hyper"}
+    assert res["bytes_per_doc"]["exact"] > 0 and res["bytes_per_doc"]["hyper"] > 0
+    report = (out / "report.md").read_text()
+    for m in MODES:
+        assert f"| {m} |" in report
+    assert "## Cost of parameterising a document" in report and "Wrong-document ablation" in report
+    for png in ("f1_per_mode.png", "f1_vs_cost.png", "similarity.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in report
+    assert "report:" in capsys.readouterr().out
+
+
+def test_killed_bench_resumes_and_a_rerun_redoes_nothing(setup, monkeypatch):
+    tmp_path, args = setup
+    real = bench_mod.evaluate
+    calls = []
+
+    def counting(*a, **kw):
+        calls.append(a[3])  # the mode
+        if kill_after[0] is not None and len(calls) > kill_after[0]:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(bench_mod, "evaluate", counting)
+    kill_after = [5]  # the third mode's first batch is cut short
+    assert main(args) == 130
+    done_before = len(calls) - 1
+    kill_after[0] = None
+    calls.clear()
+    # a line cut by the kill must not break the resume
+    work = tmp_path / "out" / "work"
+    next(work.glob("answers-alpha-closed-*.jsonl")).open("a").write('{"id": "cut')
+    assert main(args) == 0
+    # 2 files x (6 modes + 2 wrong-document runs) x 2 batches in all; the finished ones are not redone
+    assert len(calls) == 2 * 8 * 2 - done_before
+    first = (tmp_path / "out" / "results.json").read_text()
+    store_files = sorted(p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*.safetensors"))
+    calls.clear()
+    assert main(args) == 0
+    assert calls == []
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*.safetensors")) == store_files
+    again = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert again["datasets"] == json.loads(first)["datasets"]
+    assert again["cost_seconds_per_doc"] == json.loads(first)["cost_seconds_per_doc"]
+
+
+def test_bench_bad_input_is_one_clear_line(tmp_path, capsys):
+    assert main(["bench", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hyperprag: error:") and "missing.jsonl" in err[0]
