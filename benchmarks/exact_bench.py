@@ -3,6 +3,7 @@ passages, encoder cost, query latency, per-row-adapter batch throughput and adap
 
 Resumable: adapters live in the store and augmentations in the cache, so a rerun redoes nothing.
 Usage: .venv/bin/python benchmarks/exact_bench.py [--squad 100] [--hotpot 30] [--out out/exact]
+       [--parts timing squad cost hotpotqa]
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from hyperprag.store import AdapterStore
 
 
 MODES = ("closed", "rag", "prag", "prag-combine")
+PARTS = ("timing", "squad", "cost", "hotpotqa")
 
 
 def quality(model, tok, encoder, store, name, examples, top_k, batch_size):
@@ -121,6 +123,8 @@ def main():
     ap.add_argument("--store", default="out/exact-store")
     ap.add_argument("--cost-docs", type=int, default=2)
     ap.add_argument("--out", default="out/exact")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="what to (re)measure; the other figures already in OUT/result.json are kept")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = load_base_model()
@@ -128,30 +132,36 @@ def main():
     store = AdapterStore(args.store)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"config": vars(args)}
+    path = out_dir / "result.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result.setdefault("runs", []).append(vars(args))  # the configuration of every run that added figures
 
     def save():
-        (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+        path.write_text(json.dumps(result, indent=1))
 
     hotpot = load_questions(f"{args.data}/hotpotqa.jsonl")[: args.hotpot]
-    h_ret = retrieve_all(hotpot, args.top_k)
-    synth = synthetic_merged(model, 16, args.top_k)
-    lat = latency(model, tok, hotpot[:8], h_ret[:8], synth[:8])
-    result["latency_s"] = lat | {"prag_over_rag": lat["prag"] / lat["rag"]}
-    thr = throughput(model, tok, hotpot, synth)
-    result["throughput_q_per_s"] = thr | {"ratio": thr["per_row_adapters"] / thr["plain"]}
-    print(json.dumps({"latency_s": result["latency_s"], "throughput_q_per_s": result["throughput_q_per_s"]}))
-    save()
-    squad = spread_questions(load_questions(f"{args.data}/squad.jsonl"), args.squad, args.squad_per_doc)
-    result["squad"], _, _ = quality(model, tok, encoder, store, "squad", squad, args.top_k, args.batch_size)
-    result["bytes_per_doc"] = statistics.median(r.bytes for r in store.records() if r.encoder == encoder.key)
-    save()
-    fresh = [ex.passages[0] for ex in load_questions(f"{args.data}/squad.jsonl")[5000:5000 + 40 * args.cost_docs:40]]
-    cold = ExactEncoder(model, tok, augmenter=Augmenter(model, tok, cache=out_dir / "cold-augment-cache"))
-    result["seconds_per_doc"] = encoder_cost(model, tok, cold, fresh)
-    save()
-    result["hotpotqa"], _, _ = quality(model, tok, encoder, store, "hotpotqa", hotpot, args.top_k, args.batch_size)
-    save()
+    if "timing" in args.parts:
+        h_ret = retrieve_all(hotpot, args.top_k)
+        synth = synthetic_merged(model, 16, args.top_k)
+        lat = latency(model, tok, hotpot[:8], h_ret[:8], synth[:8])
+        result["latency_s"] = lat | {"prag_over_rag": lat["prag"] / lat["rag"]}
+        thr = throughput(model, tok, hotpot, synth)
+        result["throughput_q_per_s"] = thr | {"ratio": thr["per_row_adapters"] / thr["plain"]}
+        print(json.dumps({"latency_s": result["latency_s"], "throughput_q_per_s": result["throughput_q_per_s"]}))
+        save()
+    if "squad" in args.parts:
+        squad = spread_questions(load_questions(f"{args.data}/squad.jsonl"), args.squad, args.squad_per_doc)
+        result["squad"], _, _ = quality(model, tok, encoder, store, "squad", squad, args.top_k, args.batch_size)
+        result["bytes_per_doc"] = statistics.median(r.bytes for r in store.records() if r.encoder == encoder.key)
+        save()
+    if "cost" in args.parts:
+        fresh = [ex.passages[0] for ex in load_questions(f"{args.data}/squad.jsonl")[5000:5000 + 40 * args.cost_docs:40]]
+        cold = ExactEncoder(model, tok, augmenter=Augmenter(model, tok, cache=out_dir / "cold-augment-cache"))
+        result["seconds_per_doc"] = encoder_cost(model, tok, cold, fresh)
+        save()
+    if "hotpotqa" in args.parts:
+        result["hotpotqa"], _, _ = quality(model, tok, encoder, store, "hotpotqa", hotpot, args.top_k, args.batch_size)
+        save()
     print(json.dumps({k: v for k, v in result.items() if k not in ("squad", "hotpotqa")}, indent=1))
 
 
