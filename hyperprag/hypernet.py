@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from einops import rearrange
 from torch import nn
+from torch.nn import functional as F
 
 from .models import FFNTarget
 
@@ -25,6 +26,11 @@ class HyperNetConfig:
     alpha: float = 32.0
     hidden: int = 256
     init_scale: float = 0.01             # generated deltas start small: the model starts as the base
+    # The heads' weights are multiplied by this in the forward pass. Each generated factor entry sums
+    # ``hidden`` weights, so under Adam (every weight moves ~lr a step) it moves ~hidden x faster than
+    # a LoRA factor trained directly; 1/hidden brings it back to a LoRA's pace, so one lr suits the
+    # trunk and the heads (at 1.0, lr above ~1e-5 diverged). 1.0 in checkpoints from before the option.
+    head_multiplier: float = 1.0
 
     @property
     def scaling(self) -> float:
@@ -75,7 +81,8 @@ class HyperNetwork(nn.Module):
         out = {}
         for role, (fan_in, fan_out) in cfg.roles.items():
             z = self.mixer(doc[:, None, :] + layers[None] + self.role_embed[role])   # (b, L, h)
-            flat = self.heads[role](z)                                   # (b, L, r*(in+out))
+            head = self.heads[role]
+            flat = F.linear(z, head.weight) * cfg.head_multiplier + head.bias   # (b, L, r*(in+out))
             a, b = flat.split([cfg.rank * fan_in, cfg.rank * fan_out], dim=-1)
             out[role] = (rearrange(a, "b l (r i) -> b l r i", r=cfg.rank),
                          rearrange(b, "b l (o r) -> b l o r", r=cfg.rank))

@@ -49,6 +49,25 @@ def test_different_documents_get_different_adapters():
     assert not torch.allclose(a.delta(name), b.delta(name))
 
 
+def test_head_multiplier_scales_only_the_document_dependent_part():
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    targets = find_ffn_targets(tiny_model())
+    emb = HashSource().embed(["one", "two"])
+    nets = {}
+    for m in (1.0, 0.25, 0.0):
+        torch.manual_seed(0)
+        nets[m] = HyperNetwork(HyperNetConfig.from_targets(targets, 16, hidden=32, head_multiplier=m))
+    with torch.no_grad():
+        out = {m: net(emb) for m, net in nets.items()}
+        for role, (a1, b1) in out[1.0].items():
+            a0, b0 = out[0.0][role]
+            assert torch.equal(a0[0], a0[1]) and torch.equal(b0[0], b0[1])  # only the bias is left
+            aq, bq = out[0.25][role]
+            assert torch.allclose(aq - a0, (a1 - a0) * 0.25, atol=1e-6)
+            assert torch.allclose(bq - b0, (b1 - b0) * 0.25, atol=1e-6)
+
+
 def test_batched_encode_equals_one_by_one():
     enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32)
     batched = enc.encode(DOCS)

@@ -1,0 +1,80 @@
+"""Embedding source x objective ablation for the hypernetwork, at one equal training budget.
+
+Each variant is trained with training/train_hypernet.py on training/configs/ablation.yaml (plus its
+overrides), then measured with `hyperprag bench --modes closed hyper` on the same 100 held-out
+SQuAD questions (20 paragraphs never trained on): lift over closed-book, the wrong-document
+ablation and the delta similarity. Training and bench both resume, so rerunning redoes nothing.
+
+    .venv/bin/python benchmarks/hyper_ablation.py run sentence-lm sentence-kl   # train + measure these
+    .venv/bin/python benchmarks/hyper_ablation.py table                        # collect the table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+VARIANTS = {
+    "sentence-lm": ["embedding=sentence", "weights={lm: 1.0, kl: 0.0, recon: 0.0}"],
+    "sentence-kl": ["embedding=sentence", "weights={lm: 0.0, kl: 1.0, recon: 0.0}"],
+    "sentence-lm+kl": ["embedding=sentence", "weights={lm: 1.0, kl: 1.0, recon: 0.0}"],
+    "hidden-lm": ["embedding=hidden", "weights={lm: 1.0, kl: 0.0, recon: 0.0}"],
+    "hidden-kl": ["embedding=hidden", "weights={lm: 0.0, kl: 1.0, recon: 0.0}"],
+    "hidden-lm+kl": ["embedding=hidden", "weights={lm: 1.0, kl: 1.0, recon: 0.0}"],
+}
+CONFIG = "training/configs/ablation.yaml"
+RUNS, OUT = Path("runs/ablation"), Path("out/ablation")
+BENCH = ["--data", "../shared/data/squad.jsonl", "--limit", "100", "--per-doc", "5", "--top-k", "1",
+         "--modes", "closed", "hyper", "--cost-docs", "0", "--latency-queries", "2", "--repeats", "3",
+         "--store", str(OUT / "store"), "--quiet"]
+
+
+def run(name: str) -> None:
+    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
+    ckpt = RUNS / name / "final"
+    if not (ckpt / "model.safetensors").exists():
+        subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+                        "training/train_hypernet.py", CONFIG, *VARIANTS[name], f"out={RUNS / name}"],
+                       check=True, env=env)
+    subprocess.run([sys.executable, "-m", "hyperprag", "bench", *BENCH, "--checkpoint", str(ckpt),
+                    "--out", str(OUT / name)], check=True, env=env)
+
+
+def table(names: list[str]) -> str:
+    rows = ["| variant | embedding | objective | hyper F1 | closed F1 | lift | wrong-doc F1 | share of lift lost "
+            "| mean pairwise cosine | s/doc (batch 64) |", "|---" * 10 + "|"]
+    for name in names:
+        path = OUT / name / "results.json"
+        if not path.exists():
+            rows.append(f"| {name} | | | not run | | | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        ds = r["datasets"]["squad"]
+        w = ds["wrong_document"]["hyper"]
+        emb, _, obj = name.partition("-")
+        rows.append(f"| {name} | {emb} | {obj} | {ds['modes']['hyper']['f1']:.3f} | {ds['modes']['closed']['f1']:.3f} "
+                    f"| {w['lift']:+.3f} | {w['f1']:.3f} | {w['share_of_lift_lost']:.2f} "
+                    f"| {ds['similarity']['hyper']['mean_pairwise_cosine']:.3f} "
+                    f"| {r['cost_seconds_per_doc']['hyper']['batch64'] * 1000:.1f} ms |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=("run", "table"))
+    ap.add_argument("variants", nargs="*", default=list(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    args = ap.parse_args()
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if args.action == "run":
+        for name in args.variants:
+            run(name)
+    print(table(args.variants))
+
+
+if __name__ == "__main__":
+    main()
