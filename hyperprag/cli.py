@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "each is reported separately")
     bench.add_argument("--corpus", default=None, help="passage corpus JSONL to retrieve from, for every --data")
     bench.add_argument("--out", required=True, help="output directory")
-    bench.add_argument("--limit", type=int, default=None, help="only the first N questions of each file")
+    bench.add_argument("--limit", type=int, nargs="+", default=None, metavar="N",
+                       help="only the first N questions of each file; one N for all, or one per --data file")
     bench.add_argument("--per-doc", type=int, default=None,
                        help="at most N questions per passage (SQuAD has ~5 a paragraph: --per-doc 5 --limit 100 "
                             "spans 20 paragraphs)")
@@ -244,13 +245,17 @@ def cmd_bench(args) -> int:
     from .hyper_encoder import DEFAULT_CHECKPOINT
     from .models import load_base_model
 
-    for name in ("limit", "per_doc", "repeats"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise HyperpragError(f"--{name.replace('_', '-')} must be at least 1")
+    limits = args.limit or [None]
+    if len(limits) not in (1, len(args.data)):
+        raise HyperpragError(f"--limit takes one N or one per --data file ({len(args.data)}), not {len(limits)}")
+    limits = limits * len(args.data) if len(limits) == 1 else limits
+    for name, value in [("limit", n) for n in limits] + [("per-doc", args.per_doc), ("repeats", args.repeats)]:
+        if value is not None and value < 1:
+            raise HyperpragError(f"--{name} must be at least 1")
     corpus = read_corpus(args.corpus) if args.corpus else None
     datasets, names = [], set()
-    for path in args.data:
-        examples = spread_questions(load_questions(path), args.limit, args.per_doc)
+    for path, limit in zip(args.data, limits):
+        examples = spread_questions(load_questions(path), limit, args.per_doc)
         name = Path(path).stem
         while name in names:
             name += "'"

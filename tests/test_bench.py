@@ -124,3 +124,16 @@ def test_bench_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["bench", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hyperprag: error:") and "missing.jsonl" in err[0]
+    a = _write(tmp_path / "a.jsonl", typed=False)
+    assert main(["bench", "--data", str(a), "--out", str(tmp_path / "o"), "--limit", "1", "2"]) == 2
+    assert "one per --data file (1), not 2" in capsys.readouterr().err
+
+
+def test_bench_limit_per_file(setup):
+    tmp_path, args = setup
+    i = args.index("--out")
+    args = args[:i] + ["--limit", "3", "2", "--modes", "closed", "rag"] + args[i:]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [d["n_questions"] for d in res["datasets"].values()] == [3, 2]
+    assert "cost_seconds_per_doc" in res and list(res["datasets"]["alpha"]["modes"]) == ["closed", "rag"]
