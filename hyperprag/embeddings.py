@@ -48,14 +48,19 @@ class HiddenStateEmbedding:
         self.dim = model.config.hidden_size * len(self.layers)
 
     @torch.inference_mode()
-    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+    def embed(self, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        # In small batches: every layer's hidden states are returned, ~0.4 GB per 16 long documents.
         self.tokenizer.padding_side = "right"
-        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.max_tokens, return_token_type_ids=False).to(self.model.device)
-        out = self.model(**enc, output_hidden_states=True)
-        mask = enc["attention_mask"].unsqueeze(-1).float()
-        pooled = [(out.hidden_states[i].float() * mask).sum(1) / mask.sum(1) for i in self.layers]
-        return torch.nn.functional.normalize(torch.cat(pooled, dim=-1), dim=-1).cpu()
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
+                                 truncation=True, max_length=self.max_tokens,
+                                 return_token_type_ids=False).to(self.model.device)
+            out = self.model(**enc, output_hidden_states=True)
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = [(out.hidden_states[i].float() * mask).sum(1) / mask.sum(1) for i in self.layers]
+            chunks.append(torch.nn.functional.normalize(torch.cat(pooled, dim=-1), dim=-1).cpu())
+        return torch.cat(chunks)
 
 
 def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
