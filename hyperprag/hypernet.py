@@ -31,6 +31,11 @@ class HyperNetConfig:
     # a LoRA factor trained directly; 1/hidden brings it back to a LoRA's pace, so one lr suits the
     # trunk and the heads (at 1.0, lr above ~1e-5 diverged). 1.0 in checkpoints from before the option.
     head_multiplier: float = 1.0
+    # Generate B relative to the average training document: B(e) - B(mean embedding). Then no
+    # adapter can be the same for every document (the collapse of prior generators, and what an
+    # uncentred run here learned: a pairwise cosine of 0.999), and only what sets a document apart
+    # from the average one reaches the weights. The mean is a buffer set by the training recipe.
+    center: bool = False
 
     @property
     def scaling(self) -> float:
@@ -62,6 +67,8 @@ class HyperNetwork(nn.Module):
         self.mixer = nn.Sequential(nn.GELU(), nn.LayerNorm(h), nn.Linear(h, h), nn.GELU())
         self.heads = nn.ModuleDict({r: nn.Linear(h, config.rank * (fan_in + fan_out))
                                     for r, (fan_in, fan_out) in config.roles.items()})
+        if config.center:
+            self.register_buffer("embed_mean", torch.zeros(config.embed_dim))
         nn.init.normal_(self.layer_embed.weight, std=0.02)
         # Like a LoRA's init: A starts as a random projection (in the bias, PEFT's kaiming range), B
         # near zero. Were both near zero, each factor's gradient (proportional to the other) would vanish.
@@ -76,6 +83,8 @@ class HyperNetwork(nn.Module):
         """``embeddings`` (batch, embed_dim) -> per role (A, B) of shapes
         (batch, layers, r, in) and (batch, layers, out, r)."""
         cfg = self.config
+        if cfg.center:  # one more row, the average document, whose B is subtracted below
+            embeddings = torch.cat([embeddings, self.embed_mean[None].to(embeddings.dtype)])
         doc = self.trunk(embeddings)                                     # (b, h)
         layers = self.layer_embed.weight                                 # (L, h)
         out = {}
@@ -84,6 +93,8 @@ class HyperNetwork(nn.Module):
             head = self.heads[role]
             flat = F.linear(z, head.weight) * cfg.head_multiplier + head.bias   # (b, L, r*(in+out))
             a, b = flat.split([cfg.rank * fan_in, cfg.rank * fan_out], dim=-1)
+            if cfg.center:
+                a, b = a[:-1], b[:-1] - b[-1:]
             out[role] = (rearrange(a, "b l (r i) -> b l r i", r=cfg.rank),
                          rearrange(b, "b l (o r) -> b l o r", r=cfg.rank))
         return out

@@ -68,6 +68,22 @@ def test_head_multiplier_scales_only_the_document_dependent_part():
             assert torch.allclose(bq - b0, (b1 - b0) * 0.25, atol=1e-6)
 
 
+def test_centred_hypernet_gives_the_average_document_no_delta(tmp_path):
+    enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32, center=True)
+    emb = HashSource().embed([d.text for d in DOCS])
+    enc.hypernet.embed_mean.copy_(emb.mean(0))
+    with torch.no_grad():
+        for a, b in enc.hypernet(enc.hypernet.embed_mean[None]).values():
+            assert a.abs().sum() > 0 and torch.equal(b, torch.zeros_like(b))
+    x, y, _ = enc.encode(DOCS)
+    name = next(iter(x.factors))
+    assert x.delta(name).abs().sum() > 0 and not torch.allclose(x.delta(name), y.delta(name))
+    enc.save_pretrained(tmp_path / "c")
+    loaded = HyperEncoder.from_pretrained(tmp_path / "c", tiny_model(), source=HashSource())
+    assert torch.equal(loaded.hypernet.embed_mean, enc.hypernet.embed_mean)
+    assert torch.allclose(loaded.encode(DOCS[:1])[0].factors[name][1], x.factors[name][1], atol=1e-6)
+
+
 def test_batched_encode_equals_one_by_one():
     enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32)
     batched = enc.encode(DOCS)

@@ -38,7 +38,7 @@ from hyperprag.store import AdapterStore
 
 DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
-    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
+    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0}, "recon_store": None, "recon_encoder_key": None,
     "out": "runs/hypernet", "save_every": 50, "log_every": 10,
@@ -98,7 +98,9 @@ def main() -> None:
     # None: 1/hidden, which trains the heads at a LoRA's pace (see HyperNetConfig.head_multiplier)
     head_mult = cfg["head_multiplier"] if cfg["head_multiplier"] is not None else 1.0 / cfg["hidden"]
     encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
-                                  head_multiplier=head_mult)
+                                  head_multiplier=head_mult, center=cfg["center"])
+    if cfg["center"]:
+        encoder.hypernet.embed_mean.copy_(embeddings.mean(0))
     scaling = encoder.hypernet.config.scaling
     log(f"hypernetwork: {encoder.hypernet.num_parameters():,} parameters")
     recon_store = AdapterStore(cfg["recon_store"]) if cfg["weights"].get("recon") else None
