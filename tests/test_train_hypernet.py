@@ -38,11 +38,12 @@ def setup(tmp_path, tokenizer):
     return model_dir, data
 
 
-def launch(tmp_path, model_dir, data, processes: int, steps: int, out: str):
+def launch(tmp_path, model_dir, data, processes: int, steps: int, out: str,
+           weights: str = "{lm: 1.0, kl: 0.5}", extra: str = ""):
     config = tmp_path / "cfg.yaml"
     config.write_text(f"model: {model_dir}\nembedding: hidden\ndata: [{data}]\nheldout_pct: 0\nhidden: 32\n"
                       f"steps: {steps}\ndocs_per_step: 4\nlr: 3.0e-2\nwarmup: 1\nsave_every: 5\nlog_every: 1\n"
-                      f"weights: {{lm: 1.0, kl: 0.5}}\nout: {tmp_path / out}\n")
+                      f"weights: {weights}\nout: {tmp_path / out}\n{extra}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # Several CPU processes: accelerate's torchrun launcher (--multi_gpu); with no GPU they use gloo.
     launcher = ["--multi_gpu"] if processes > 1 else ["--cpu"]
@@ -74,6 +75,18 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     launch(tmp_path, model_dir, data, 1, steps=5, out="run")
     log = launch(tmp_path, model_dir, data, 1, steps=10, out="run")
     assert [r["step"] for r in log] == list(range(1, 11))  # steps 6-10 appended, 1-5 not redone
+
+
+def test_centred_run_with_the_contrast_objective(tmp_path, setup):
+    model_dir, data = setup
+    log = launch(tmp_path, model_dir, data, 1, steps=6, out="run", weights="{lm: 1.0, kl: 0.0, contrast: 1.0}",
+                 extra="center: true\ncontrast_margin: 0.5\n")
+    assert all(r["contrast"] >= 0 and "kl" not in r for r in log)
+    from hyperprag.models import load_base_model
+
+    model, tok = load_base_model(str(model_dir))
+    encoder = HyperEncoder.from_pretrained(tmp_path / "run" / "final", model, tok)
+    assert encoder.hypernet.config.center and encoder.hypernet.embed_mean.abs().sum() > 0
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])

@@ -8,8 +8,9 @@ Documents come from question files in the shared JSONL shape; a question with ex
 (SQuAD) gives that passage a QA pair. Documents are split by content hash: a fixed fraction is
 held aside and never trained on (its hashes are written next to the checkpoint). Objectives and
 their weights come from the YAML config: ``lm`` (answer loss with the generated adapter),
-``kl`` (distillation from the in-context teacher) and ``recon`` (distance to exact adapters in a
-store, as deltas). The run checkpoints every ``save_every`` steps and resumes from the last one.
+``kl`` (distillation from the in-context teacher), ``recon`` (distance to exact adapters in a
+store, as deltas) and ``contrast`` (a question's own document's adapter must beat another's).
+The run checkpoints every ``save_every`` steps and resumes from the last one.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
     "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
-    "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0}, "recon_store": None, "recon_encoder_key": None,
+    "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "recon_store": None, "recon_encoder_key": None,
     "out": "runs/hypernet", "save_every": 50, "log_every": 10,
 }
 
@@ -161,6 +162,17 @@ def main() -> None:
             with torch.no_grad():
                 t_logits = answer_logits(model, teacher)
             losses["kl"] = distill_loss(s_logits, t_logits)
+        if weights.get("contrast") and len(idx) > 1:
+            # Specificity as an objective: each question must be answered better with its own
+            # document's adapter than with the next document's, by a margin (a hinge, so wrong
+            # adapters are not pushed to wreck the model).
+            other = (row_t + 1) % len(idx)
+            wrong = {t.name: (out_f[t.role][0][other, t.layer], out_f[t.role][1][other, t.layer])
+                     for t in encoder.targets}
+            with lora_hooks(model, wrong, scaling=scaling):
+                w_lm = lm_loss(answer_logits(model, student), student)
+            own = losses["lm"] if "lm" in losses else lm_loss(s_logits, student)
+            losses["contrast"] = torch.relu(cfg["contrast_margin"] + own - w_lm)
         if recon_store is not None:
             dists = []
             for r, i in enumerate(idx):
