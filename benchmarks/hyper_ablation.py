@@ -24,6 +24,7 @@ VARIANTS = {
     "hidden-lm": ["embedding=hidden", "weights={lm: 1.0, kl: 0.0, recon: 0.0}"],
     "hidden-kl": ["embedding=hidden", "weights={lm: 0.0, kl: 1.0, recon: 0.0}"],
     "hidden-lm+kl": ["embedding=hidden", "weights={lm: 1.0, kl: 1.0, recon: 0.0}"],
+    "sentence-lm+contrast": ["embedding=sentence", "weights={lm: 1.0, kl: 0.0, recon: 0.0, contrast: 1.0}"],
 }
 CONFIG = "training/configs/ablation.yaml"
 RUNS, OUT = Path("runs/ablation"), Path("out/ablation")
