@@ -176,8 +176,9 @@ def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str,
                                 for m, rs in answers.items()}
         results["datasets"][ds.name] = entry
 
-    first = datasets[0]
+    first = datasets[0]  # cost, latency and throughput are measured on the first data file
     first_merged = merged[first.name]
+    results["timing_dataset"] = first.name
     timing_key = fingerprint(base, results["encoders"], results["settings"],
                              [content_hash(p.text) for p in first.passages[: settings.cost_docs]])
     results["cost_seconds_per_doc"] = work.stage(

@@ -70,7 +70,8 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
           f"{v['transformers']}, peft {v['peft']}, Python {v['python']}; {v['machine']}.", ""]
     s = results["settings"]
     L += [f"Settings: top-k {results['options'].get('top_k', 'n/a')}, merge `{s['merge']}`, batch {s['batch_size']}, "
-          f"up to {s['max_new_tokens']} new tokens, greedy.", ""]
+          f"up to {s['max_new_tokens']} new tokens, greedy. Cost, latency and throughput are measured on "
+          f"`{results['timing_dataset']}` (the first data file).", ""]
 
     L += ["## Summary", ""] + [f"- {line}" for line in verdicts(results)] + [""]
     L += ["## Quality (EM/F1)", "", headline_table(results), ""]
