@@ -31,10 +31,10 @@ class HyperNetConfig:
     # a LoRA factor trained directly; 1/hidden brings it back to a LoRA's pace, so one lr suits the
     # trunk and the heads (at 1.0, lr above ~1e-5 diverged). 1.0 in checkpoints from before the option.
     head_multiplier: float = 1.0
-    # Generate B relative to the average training document: B(e) - B(mean embedding). Then no
-    # adapter can be the same for every document (the collapse of prior generators, and what an
-    # uncentred run here learned: a pairwise cosine of 0.999), and only what sets a document apart
-    # from the average one reaches the weights. The mean is a buffer set by the training recipe.
+    # Subtract what the generator gives every document alike: in training the batch's mean B (so a
+    # one-adapter-for-all solution earns nothing), at inference the mean B over the training
+    # documents (a buffer set by the recipe). Without it, a probe learned a pairwise cosine of
+    # 0.999; centring the input embedding instead still gave 0.979.
     center: bool = False
 
     @property
@@ -68,7 +68,8 @@ class HyperNetwork(nn.Module):
         self.heads = nn.ModuleDict({r: nn.Linear(h, config.rank * (fan_in + fan_out))
                                     for r, (fan_in, fan_out) in config.roles.items()})
         if config.center:
-            self.register_buffer("embed_mean", torch.zeros(config.embed_dim))
+            for role, (_, fan_out) in config.roles.items():
+                self.register_buffer(f"b_mean_{role}", torch.zeros(config.num_layers, fan_out, config.rank))
         nn.init.normal_(self.layer_embed.weight, std=0.02)
         # Like a LoRA's init: A starts as a random projection (in the bias, PEFT's kaiming range), B
         # near zero. Were both near zero, each factor's gradient (proportional to the other) would vanish.
@@ -82,9 +83,28 @@ class HyperNetwork(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``embeddings`` (batch, embed_dim) -> per role (A, B) of shapes
         (batch, layers, r, in) and (batch, layers, out, r)."""
+        out = self._generate(embeddings)
+        if not self.config.center:
+            return out
+        if self.training:
+            if embeddings.shape[0] < 2:
+                raise ValueError("a centred hypernetwork trains on at least two documents a batch")
+            return {r: (a, b - b.mean(0, keepdim=True)) for r, (a, b) in out.items()}
+        return {r: (a, b - getattr(self, f"b_mean_{r}")) for r, (a, b) in out.items()}
+
+    @torch.no_grad()
+    def set_center(self, embeddings: torch.Tensor, batch_size: int = 256) -> None:
+        """Store the mean generated B over ``embeddings`` (the training documents) for inference."""
+        sums = None
+        for start in range(0, embeddings.shape[0], batch_size):
+            out = self._generate(embeddings[start:start + batch_size])
+            part = {r: b.sum(0) for r, (_, b) in out.items()}
+            sums = part if sums is None else {r: sums[r] + part[r] for r in sums}
+        for r, total in sums.items():
+            getattr(self, f"b_mean_{r}").copy_(total / embeddings.shape[0])
+
+    def _generate(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.config
-        if cfg.center:  # one more row, the average document, whose B is subtracted below
-            embeddings = torch.cat([embeddings, self.embed_mean[None].to(embeddings.dtype)])
         doc = self.trunk(embeddings)                                     # (b, h)
         layers = self.layer_embed.weight                                 # (L, h)
         out = {}
@@ -93,8 +113,6 @@ class HyperNetwork(nn.Module):
             head = self.heads[role]
             flat = F.linear(z, head.weight) * cfg.head_multiplier + head.bias   # (b, L, r*(in+out))
             a, b = flat.split([cfg.rank * fan_in, cfg.rank * fan_out], dim=-1)
-            if cfg.center:
-                a, b = a[:-1], b[:-1] - b[-1:]
             out[role] = (rearrange(a, "b l (r i) -> b l r i", r=cfg.rank),
                          rearrange(b, "b l (o r) -> b l o r", r=cfg.rank))
         return out

@@ -68,19 +68,24 @@ def test_head_multiplier_scales_only_the_document_dependent_part():
             assert torch.allclose(bq - b0, (b1 - b0) * 0.25, atol=1e-6)
 
 
-def test_centred_hypernet_gives_the_average_document_no_delta(tmp_path):
+def test_centred_hypernet_removes_the_common_part(tmp_path):
     enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32, center=True)
+    net = enc.hypernet
     emb = HashSource().embed([d.text for d in DOCS])
-    enc.hypernet.embed_mean.copy_(emb.mean(0))
-    with torch.no_grad():
-        for a, b in enc.hypernet(enc.hypernet.embed_mean[None]).values():
-            assert a.abs().sum() > 0 and torch.equal(b, torch.zeros_like(b))
+    net.train()
+    for _, b in net(emb).values():  # training: the batch's mean B is subtracted
+        assert torch.allclose(b.mean(0), torch.zeros_like(b[0]), atol=1e-6)
+    with pytest.raises(ValueError, match="at least two documents"):
+        net(emb[:1])
+    net.eval()
+    net.set_center(emb)
+    for _, b in net(emb).values():  # inference: the stored mean over the "training" documents
+        assert torch.allclose(b.mean(0), torch.zeros_like(b[0]), atol=1e-6)
     x, y, _ = enc.encode(DOCS)
     name = next(iter(x.factors))
     assert x.delta(name).abs().sum() > 0 and not torch.allclose(x.delta(name), y.delta(name))
     enc.save_pretrained(tmp_path / "c")
     loaded = HyperEncoder.from_pretrained(tmp_path / "c", tiny_model(), source=HashSource())
-    assert torch.equal(loaded.hypernet.embed_mean, enc.hypernet.embed_mean)
     assert torch.allclose(loaded.encode(DOCS[:1])[0].factors[name][1], x.factors[name][1], atol=1e-6)
 
 

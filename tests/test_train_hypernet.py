@@ -86,7 +86,7 @@ def test_centred_run_with_the_contrast_objective(tmp_path, setup):
 
     model, tok = load_base_model(str(model_dir))
     encoder = HyperEncoder.from_pretrained(tmp_path / "run" / "final", model, tok)
-    assert encoder.hypernet.config.center and encoder.hypernet.embed_mean.abs().sum() > 0
+    assert encoder.hypernet.config.center and encoder.hypernet.b_mean_down.abs().sum() > 0
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])

@@ -100,8 +100,6 @@ def main() -> None:
     head_mult = cfg["head_multiplier"] if cfg["head_multiplier"] is not None else 1.0 / cfg["hidden"]
     encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
                                   head_multiplier=head_mult, center=cfg["center"])
-    if cfg["center"]:
-        encoder.hypernet.embed_mean.copy_(embeddings.mean(0))
     scaling = encoder.hypernet.config.scaling
     log(f"hypernetwork: {encoder.hypernet.num_parameters():,} parameters")
     recon_store = AdapterStore(cfg["recon_store"]) if cfg["weights"].get("recon") else None
@@ -133,6 +131,9 @@ def main() -> None:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "heldout_hashes.json").write_text(json.dumps([content_hash(d.text) for d, _ in heldout]))
+    if cfg["center"] and cfg["docs_per_step"] < 2:
+        sys.exit("center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
+    hypernet.train()
     bar = tqdm(total=cfg["steps"], initial=step, desc="train hypernet", disable=not accelerator.is_main_process)
     t_start = time.time()
     running: dict[str, float] = {}  # loss sums since the last log line; the log shows their means
@@ -216,7 +217,9 @@ def main() -> None:
     bar.close()
 
     if accelerator.is_main_process:
-        encoder.hypernet = accelerator.unwrap_model(hypernet)
+        encoder.hypernet = accelerator.unwrap_model(hypernet).eval()
+        if cfg["center"]:
+            encoder.hypernet.set_center(embeddings.to(accelerator.device))
         encoder.save_pretrained(out / "final")
         log(f"saved {out / 'final'}")
     accelerator.wait_for_everyone()
