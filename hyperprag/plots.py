@@ -59,12 +59,13 @@ def _f1_vs_cost(results: dict, path: Path) -> bool:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for c, (name, ds) in zip(colors, results["datasets"].items()):
-        for label, secs, mode, combine in points:
+    for k, (c, (name, ds)) in enumerate(zip(colors, results["datasets"].items())):
+        for j, (label, secs, mode, combine) in enumerate(points):
             if mode in ds["modes"]:
                 ax.scatter(secs, ds["modes"][mode]["f1"], color=c, marker="o")
-                ax.annotate(f"{label}: {mode}", (secs, ds["modes"][mode]["f1"]), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")
+                if k == 0:  # name the encoder once; batch 1 and 64 sit close, so one above, one below
+                    ax.annotate(label, (secs, ds["modes"][mode]["f1"]), fontsize=7, xytext=(4, 6 - 14 * (j % 2)),
+                                textcoords="offset points")
             if combine in ds["modes"]:
                 ax.scatter(secs, ds["modes"][combine]["f1"], facecolors="none", edgecolors=c, marker="s")
         for ref, style in (("closed", ":"), ("rag", "--")):
@@ -91,12 +92,14 @@ def _similarity(results: dict, path: Path) -> bool:
         return False
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.8, 3.6), squeeze=False)
-    for ax, (name, enc, sim) in zip(axes[0], panels):
+    for i, (ax, (name, enc, sim)) in enumerate(zip(axes[0], panels)):
         im = ax.imshow(sim["matrix"], vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set_title(f"{name}: {ENCODER_LABEL.get(enc, enc)}\nmean off-diagonal {sim['mean_pairwise_cosine']:.2f}",
                      fontsize=9)
         ax.set_xlabel("document")
-        ax.set_ylabel("document")
+        if i == 0:
+            ax.set_ylabel("document")
+    fig.subplots_adjust(wspace=0.3)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine of the deltas")
     fig.savefig(path, dpi=120)
     plt.close(fig)
