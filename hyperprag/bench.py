@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .adapter import DocAdapter, content_hash
 from .data import Passage, QAExample
-from .diagnostics import similarity_matrix, specificity, wrong_document
+from .diagnostics import mean_off_diagonal, similarity_matrix, specificity, wrong_document
 from .encoder import DocumentEncoder
 from .evaluate import MODES, evaluate, get_mode, merged_adapters, summarize
 from .generation import generate_completions
@@ -223,8 +223,7 @@ def _similarity(ds: Dataset, encoders, store: AdapterStore, n_docs: int) -> dict
     out = {}
     for name, enc in encoders.items():
         sim = similarity_matrix(store.get_or_encode(docs, enc, progress=False))
-        n = sim.shape[0]
-        out[name] = {"mean_pairwise_cosine": float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))),
+        out[name] = {"mean_pairwise_cosine": mean_off_diagonal(sim),
                      "matrix": [[round(float(v), 4) for v in row] for row in sim]}
     return out
 

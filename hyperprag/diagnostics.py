@@ -38,7 +38,10 @@ def mean_pairwise_cosine(adapters: Sequence[DocAdapter]) -> float:
     """Mean off-diagonal cosine: near 1 means the encoder ignores its input."""
     if len(adapters) < 2:
         raise ValueError("need at least two adapters to compare")
-    sim = similarity_matrix(adapters)
+    return mean_off_diagonal(similarity_matrix(adapters))
+
+
+def mean_off_diagonal(sim: torch.Tensor) -> float:
     n = sim.shape[0]
     return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
 
