@@ -55,6 +55,8 @@ def load_config(path: str, overrides: list[str]) -> dict:
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         sys.exit(f"{path}: unknown config keys {sorted(unknown)}")
+    if cfg["center"] and cfg["docs_per_step"] < 2:
+        sys.exit(f"{path}: center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
     return cfg
 
 
@@ -94,8 +96,7 @@ def main() -> None:
         sys.exit("no training documents: check 'data' in the config")
     log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type})")
     log(f"documents: {len(train_docs)} train, {len(heldout)} held aside; embedding {source.id}")
-    embeddings = torch.cat([source.embed([d.text for d, _ in train_docs[i:i + 256]])
-                            for i in range(0, len(train_docs), 256)])
+    embeddings = source.embed([d.text for d, _ in train_docs])  # every source batches internally
     # None: 1/hidden, which trains the heads at a LoRA's pace (see HyperNetConfig.head_multiplier)
     head_mult = cfg["head_multiplier"] if cfg["head_multiplier"] is not None else 1.0 / cfg["hidden"]
     encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
@@ -131,8 +132,6 @@ def main() -> None:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "heldout_hashes.json").write_text(json.dumps([content_hash(d.text) for d, _ in heldout]))
-    if cfg["center"] and cfg["docs_per_step"] < 2:
-        sys.exit("center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
     hypernet.train()
     bar = tqdm(total=cfg["steps"], initial=step, desc="train hypernet", disable=not accelerator.is_main_process)
     t_start = time.time()
@@ -208,7 +207,7 @@ def main() -> None:
             record = {"step": step, **{k: v / seen for k, v in running.items()}, **paired,
                       "lr": sched.get_last_lr()[0], "seconds": time.time() - t_start}
             running, last_log = {}, step
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "lm", "kl")})
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k == "loss" or k in weights})
             if accelerator.is_main_process:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
