@@ -80,13 +80,17 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
 def test_centred_run_with_the_contrast_objective(tmp_path, setup):
     model_dir, data = setup
     log = launch(tmp_path, model_dir, data, 1, steps=6, out="run", weights="{lm: 1.0, kl: 0.0, contrast: 1.0}",
-                 extra="center: true\ncontrast_margin: 0.5\n")
+                 extra="center: true\ncontrast_margin: 0.5\nsnapshot_every: 3\n")
     assert all(r["contrast"] >= 0 and "kl" not in r for r in log)
     from hyperprag.models import load_base_model
 
     model, tok = load_base_model(str(model_dir))
     encoder = HyperEncoder.from_pretrained(tmp_path / "run" / "final", model, tok)
     assert encoder.hypernet.config.center and encoder.hypernet.b_mean_down.abs().sum() > 0
+    # The step-3 snapshot is a loadable, centred checkpoint of earlier weights (for a learning curve).
+    assert sorted(p.name for p in (tmp_path / "run").glob("step-*")) == ["step-3"]
+    early = HyperEncoder.from_pretrained(tmp_path / "run" / "step-3", model, tok)
+    assert early.hypernet.b_mean_down.abs().sum() > 0 and early.key != encoder.key
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])

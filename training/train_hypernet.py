@@ -10,11 +10,13 @@ held aside and never trained on (its hashes are written next to the checkpoint).
 their weights come from the YAML config: ``lm`` (answer loss with the generated adapter),
 ``kl`` (distillation from the in-context teacher), ``recon`` (distance to exact adapters in a
 store, as deltas) and ``contrast`` (a question's own document's adapter must beat another's).
-The run checkpoints every ``save_every`` steps and resumes from the last one.
+The run checkpoints every ``save_every`` steps and resumes from the last one; ``snapshot_every``
+also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning curve.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -42,7 +44,7 @@ DEFAULTS = {
     "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "recon_store": None, "recon_encoder_key": None,
-    "out": "runs/hypernet", "save_every": 50, "log_every": 10,
+    "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None,
 }
 
 
@@ -119,6 +121,16 @@ def main() -> None:
             sched.step()
         log(f"resumed from step {step}")
 
+    def save_encoder(path: Path) -> None:
+        """A loadable checkpoint of the current weights; training goes on with the live copy."""
+        if accelerator.is_main_process:
+            snapshot = HyperEncoder(copy.deepcopy(accelerator.unwrap_model(hypernet)).eval(), source,
+                                    encoder.base_model, encoder.targets)
+            if cfg["center"]:
+                snapshot.hypernet.set_center(embeddings.to(accelerator.device))
+            snapshot.save_pretrained(path)
+            log(f"saved {path}")
+
     def save_state() -> None:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(state_dir))
@@ -177,7 +189,7 @@ def main() -> None:
             dists = []
             for r, i in enumerate(idx):
                 exact = recon_store.get(content_hash(train_docs[i][0].text), cfg["recon_encoder_key"],
-                                        encoder.base_model)
+                                        encoder.base_model, encoder.targets)
                 if exact is None:
                     continue
                 for t in encoder.targets:
@@ -213,14 +225,10 @@ def main() -> None:
                     fh.write(json.dumps(record) + "\n")
         if step % cfg["save_every"] == 0 or step == cfg["steps"]:
             save_state()
+        if cfg["snapshot_every"] and step % cfg["snapshot_every"] == 0 and step < cfg["steps"]:
+            save_encoder(out / f"step-{step}")
     bar.close()
-
-    if accelerator.is_main_process:
-        encoder.hypernet = accelerator.unwrap_model(hypernet).eval()
-        if cfg["center"]:
-            encoder.hypernet.set_center(embeddings.to(accelerator.device))
-        encoder.save_pretrained(out / "final")
-        log(f"saved {out / 'final'}")
+    save_encoder(out / "final")
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
