@@ -63,12 +63,41 @@ class HiddenStateEmbedding:
         return torch.cat(chunks)
 
 
+class TokenEmbedding:
+    """The mean of the base model's own input token embeddings: a bag of words in the model's
+    vocabulary, with no forward pass at all.
+
+    The cheap end of the trade-off: a document costs a tokenisation and a table lookup (well under a
+    millisecond), so the hypernetwork, not the embedder, sets the encoding cost.
+    """
+
+    def __init__(self, model, tokenizer, max_tokens: int = 512):
+        self.table, self.tokenizer, self.max_tokens = model.get_input_embeddings(), tokenizer, max_tokens
+        self.id = f"tokens:{model_id(model)}"
+        self.dim = model.config.hidden_size
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens, add_special_tokens=False,
+                             return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+        device = self.table.weight.device
+        # One lookup for the whole batch, then a mean per document over its own span.
+        flat = torch.tensor([t for doc in ids for t in doc], device=device)
+        owner = torch.repeat_interleave(torch.arange(len(ids), device=device),
+                                        torch.tensor([len(doc) for doc in ids], device=device))
+        sums = torch.zeros(len(ids), self.dim, device=device).index_add_(0, owner, self.table(flat).float())
+        return torch.nn.functional.normalize(sums, dim=-1).cpu()
+
+
 def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
-    """``sentence`` / ``sentence:PATH`` or ``hidden`` / ``hidden:MODEL:L1,L2`` (as saved in checkpoints)."""
+    """``sentence`` / ``sentence:PATH``, ``hidden`` / ``hidden:MODEL:L1,L2`` or ``tokens`` /
+    ``tokens:MODEL`` (as saved in checkpoints)."""
     kind, _, rest = spec.partition(":")
     if kind == "sentence":
         return SentenceEmbedding(None if rest in ("", DEFAULT_EMBEDDER_ID) else rest)
     if kind == "hidden":
         layers = [int(x) for x in rest.rsplit(":", 1)[-1].split(",")] if rest else None
         return HiddenStateEmbedding(model, tokenizer, layers)
-    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence' or 'hidden'")
+    if kind == "tokens":
+        return TokenEmbedding(model, tokenizer)
+    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden' or 'tokens'")

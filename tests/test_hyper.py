@@ -146,3 +146,19 @@ def test_embedding_sources_real_minilm_and_hidden_states(tokenizer):
     hidden = HiddenStateEmbedding(tiny_model(), tokenizer)
     e = hidden.embed(["short", "a longer text here"])
     assert e.shape == (2, 64) and torch.allclose(e.norm(dim=-1), torch.ones(2))
+
+
+def test_token_embedding_is_the_mean_of_each_documents_input_embeddings(tokenizer):
+    from hyperprag.embeddings import TokenEmbedding, build_source
+
+    model = tiny_model()
+    src = build_source("tokens", model, tokenizer)
+    assert isinstance(src, TokenEmbedding) and src.id == "tokens:tiny-llama" and src.dim == model.config.hidden_size
+    texts = ["short", "a longer text here", "short"]
+    e = src.embed(texts)
+    ids = tokenizer("a longer text here", add_special_tokens=False)["input_ids"]
+    expected = torch.nn.functional.normalize(model.get_input_embeddings().weight[ids].mean(0), dim=0)
+    assert torch.allclose(e[1], expected, atol=1e-6)
+    # Batched lookup keeps documents apart, and the hypernetwork is pinned to this source.
+    assert torch.equal(e[0], e[2]) and not torch.allclose(e[0], e[1])
+    assert torch.allclose(src.embed(["a longer text here"])[0], e[1], atol=1e-6)
