@@ -3,7 +3,9 @@
 Each variant is trained with training/train_hypernet.py on training/configs/ablation.yaml (plus its
 overrides), then measured with `hyperprag bench --modes closed hyper` on the same 100 held-out
 SQuAD questions (20 paragraphs never trained on): lift over closed-book, the wrong-document
-ablation and the delta similarity. Training and bench both resume, so rerunning redoes nothing.
+ablation and the delta similarity; then benchmarks/hyper_curve.py scores the same questions by
+teacher-forced answer loss (own adapter, wrong document's, none), which is far less noisy than F1.
+Training, bench and curve all resume, so rerunning redoes nothing.
 
     .venv/bin/python benchmarks/hyper_ablation.py run sentence-lm sentence-kl   # train + measure these
     .venv/bin/python benchmarks/hyper_ablation.py table                        # collect the table
@@ -27,6 +29,10 @@ VARIANTS = {
     "hidden-kl": ["embedding=hidden", "weights={lm: 0.0, kl: 1.0, recon: 0.0}", "max_docs=160"],
     "hidden-lm+kl": ["embedding=hidden", "weights={lm: 1.0, kl: 1.0, recon: 0.0}", "max_docs=160"],
     "sentence-lm+contrast": ["embedding=sentence", "weights={lm: 1.0, kl: 0.0, recon: 0.0, contrast: 1.0}"],
+    # The base model's own token embeddings, mean-pooled: no forward pass, so the hypernetwork
+    # sets the encoding cost (the speed bar); does a bag of words carry enough of the document?
+    "tokens-lm": ["embedding=tokens", "weights={lm: 1.0, kl: 0.0, recon: 0.0}"],
+    "tokens-lm+kl": ["embedding=tokens", "weights={lm: 1.0, kl: 1.0, recon: 0.0}"],
 }
 CONFIG = "training/configs/ablation.yaml"
 RUNS, OUT = Path("runs/ablation"), Path("out/ablation")
@@ -44,15 +50,18 @@ def run(name: str) -> None:
                        check=True, env=env)
     subprocess.run([sys.executable, "-m", "hyperprag", "bench", *BENCH, "--checkpoint", str(ckpt),
                     "--out", str(OUT / name)], check=True, env=env)
+    subprocess.run([sys.executable, str(Path(__file__).with_name("hyper_curve.py")), str(RUNS / name),
+                    "--out", str(OUT / name / "curve")], check=True, env=env)
 
 
 def table(names: list[str]) -> str:
     rows = ["| variant | embedding | objective | hyper F1 | closed F1 | lift | wrong-doc F1 | share of lift lost "
-            "| mean pairwise cosine | s/doc (batch 64) |", "|---" * 10 + "|"]
+            "| mean pairwise cosine | s/doc (batch 64) | answer loss: lift (nats) | share of it lost |",
+            "|---" * 12 + "|"]
     for name in names:
         path = OUT / name / "results.json"
         if not path.exists():
-            rows.append(f"| {name} | | | not run | | | | | | |")
+            rows.append(f"| {name} | | | not run | | | | | | | | |")
             continue
         r = json.loads(path.read_text())
         ds = r["datasets"]["squad"]
@@ -61,8 +70,20 @@ def table(names: list[str]) -> str:
         rows.append(f"| {name} | {emb} | {obj} | {ds['modes']['hyper']['f1']:.3f} | {ds['modes']['closed']['f1']:.3f} "
                     f"| {w['lift']:+.3f} | {w['f1']:.3f} | {w['share_of_lift_lost']:.2f} "
                     f"| {ds['similarity']['hyper']['mean_pairwise_cosine']:.3f} "
-                    f"| {r['cost_seconds_per_doc']['hyper']['batch64'] * 1000:.1f} ms |")
+                    f"| {r['cost_seconds_per_doc']['hyper']['batch64'] * 1000:.1f} ms | {loss_cells(name)} |")
     return "\n".join(rows)
+
+
+def loss_cells(name: str) -> str:
+    """Lift in answer loss (nats/token, positive: the adapter helps) and the share of it lost with
+    the wrong document's adapter, from the curve's last point."""
+    path = OUT / name / "curve" / "curve.json"
+    if not path.exists():
+        return "not measured | "
+    curve = json.loads(path.read_text())
+    last = max((v for k, v in curve.items() if k != "none"), key=lambda v: v["step"])
+    lift = curve["none"] - last["own"]
+    return f"{lift:+.4f} | {(last['wrong'] - last['own']) / lift:.2f}"
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 Prior generators collapse to nearly the same adapter for every document. Two checks expose it:
 the mean pairwise cosine similarity of the full deltas (computed in low-rank form), and a
-wrong-document ablation that answers each question with another document's adapter.
+wrong-document ablation that answers each question with another document's adapter. Its answers
+can be scored by greedy F1 (the bench) or, far less noisily, by the teacher-forced answer loss.
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from .adapter import DocAdapter
+from .data import QAExample
+from .hyper_objectives import answer_logits, lm_loss, qa_batches
+from .inject import lora_hooks
 
 
 def delta_inner(x: DocAdapter, y: DocAdapter) -> float:
@@ -66,3 +70,24 @@ def specificity(f1_closed: float, f1_right: float, f1_wrong: float) -> dict[str,
     lift = f1_right - f1_closed
     lost = (f1_right - f1_wrong) / lift if abs(lift) > 1e-9 else float("nan")
     return {"lift": lift, "wrong_doc_lift": f1_wrong - f1_closed, "share_of_lift_lost": lost}
+
+
+@torch.inference_mode()
+def answer_loss(model, tokenizer, examples: Sequence[QAExample], adapters: Sequence[DocAdapter | None]) -> float:
+    """Mean over questions of the closed-book prompt's loss (nats per token) on the first gold
+    answer, each question with its own adapter (None: none).
+
+    Loss moves long before greedy F1 on 100 questions does, so it shows whether an adapter helps
+    (or whether the wrong document's helps as much) when F1 is still noise.
+    """
+    if len(examples) != len(adapters) or not examples:
+        raise ValueError("need one adapter (or None) per question, and at least one question")
+    total = 0.0
+    for ex, ad in zip(examples, adapters):
+        batch, _ = qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])
+        if ad is None:
+            total += lm_loss(answer_logits(model, batch), batch).item()
+            continue
+        with lora_hooks(model, ad.factors, scaling=ad.scaling):
+            total += lm_loss(answer_logits(model, batch), batch).item()
+    return total / len(examples)

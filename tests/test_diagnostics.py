@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import random_adapter, tiny_model
-from hyperprag.diagnostics import (delta_inner, mean_pairwise_cosine, similarity_matrix, specificity,
-                                   wrong_document)
+from hyperprag.diagnostics import (answer_loss, delta_inner, mean_pairwise_cosine, similarity_matrix,
+                                   specificity, wrong_document)
 
 
 def test_delta_inner_matches_materialised_deltas():
@@ -37,3 +37,25 @@ def test_specificity_share_of_lift():
     s = specificity(0.1, 0.5, 0.18)
     assert s["lift"] == pytest.approx(0.4) and s["share_of_lift_lost"] == pytest.approx(0.8)
     assert math.isnan(specificity(0.2, 0.2, 0.2)["share_of_lift_lost"])
+
+
+def test_answer_loss_with_and_without_per_question_adapters(tokenizer):
+    from hyperprag.adapter import DocAdapter
+    from hyperprag.data import Passage, QAExample
+    from hyperprag.hyper_objectives import answer_batch, answer_logits, lm_loss
+    from hyperprag.prompts import build_prompt
+
+    model = tiny_model()
+    exs = [QAExample(str(i), q, [a], [Passage("t", "Some passage.")]) for i, (q, a) in
+           enumerate([("Who rowed?", "Pell Okonjo"), ("Where?", "Lake Ennisar")])]
+    base = answer_loss(model, tokenizer, exs, [None, None])
+    by_hand = [lm_loss(answer_logits(model, b), b).item() for b in
+               (answer_batch(tokenizer, [build_prompt(e.question)], [e.answers[0]]) for e in exs)]
+    assert base == pytest.approx(sum(by_hand) / 2, rel=1e-5)
+    ad = random_adapter(model, 1, scaling=200.0)
+    zero = DocAdapter({n: (a, torch.zeros_like(b)) for n, (a, b) in ad.factors.items()}, ad.scaling,
+                      ad.base_model, "test", "1", ad.doc_hash)
+    assert answer_loss(model, tokenizer, exs, [zero, None]) == pytest.approx(base, rel=1e-5)
+    assert answer_loss(model, tokenizer, exs, [ad, None]) != pytest.approx(base, rel=1e-3)
+    with pytest.raises(ValueError):
+        answer_loss(model, tokenizer, exs, [None])

@@ -1,0 +1,100 @@
+"""Learning curve of a hypernetwork run: does more training lift held-out answers, and specifically?
+
+For every snapshot of a run (``out/step-N`` from ``snapshot_every``, and ``out/final``) it measures,
+on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never trained on):
+- the answer loss (nats per answer token, teacher-forced) with no adapter, with the question's own
+  document's generated adapter and with another document's (the bench's wrong-document draw).
+  Loss moves long before greedy F1 does, so it shows a trend 100 questions of F1 cannot;
+- the mean pairwise cosine of the 20 generated deltas (collapse: near 1);
+- with ``--f1``, greedy F1 via ``hyperprag bench --modes closed hyper`` (as in hyper_ablation.py).
+
+    .venv/bin/python benchmarks/hyper_curve.py runs/squad_minilm_long [--f1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from hyper_ablation import BENCH
+from hyperprag.adapter import content_hash
+from hyperprag.data import load_questions, spread_questions
+from hyperprag.diagnostics import answer_loss, mean_pairwise_cosine, specificity, wrong_document
+from hyperprag.hyper_encoder import HyperEncoder
+from hyperprag.models import load_base_model
+
+DATA = "../shared/data/squad.jsonl"
+
+
+def snapshots(run: Path) -> list[tuple[int, Path]]:
+    """(step, dir) in training order; ``final`` carries the run's last step."""
+    found = [(int(m.group(1)), p) for p in run.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    final = run / "final"
+    if (final / "model.safetensors").exists():
+        last = json.loads((run / "state" / "step.json").read_text())["step"]
+        found.append((last, final))
+    return sorted(found)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="a training run's out dir (with step-N/ and final/)")
+    ap.add_argument("--f1", action="store_true", help="also run the bench (greedy F1, ~5 min a snapshot)")
+    ap.add_argument("--out", type=Path, default=None, help="default: out/curve/RUN_NAME")
+    args = ap.parse_args()
+    points = snapshots(args.run)
+    if not points:
+        sys.exit(f"{args.run}: no snapshots (step-N/ or final/ with model.safetensors)")
+    out = args.out or Path("out/curve") / args.run.name
+    out.mkdir(parents=True, exist_ok=True)
+
+    model, tokenizer = load_base_model(None)
+    examples = spread_questions(load_questions(DATA), 100, 5)
+    held = set(json.loads((args.run / "heldout_hashes.json").read_text()))
+    leaked = {content_hash(ex.passages[0].text) for ex in examples} - held
+    if leaked:
+        sys.exit(f"{len(leaked)} evaluation paragraphs were in {args.run}'s training pool")
+    docs = list({content_hash(ex.passages[0].text): ex.passages[0] for ex in examples}.values())
+    cache = out / "curve.json"
+    rows = json.loads(cache.read_text()) if cache.exists() else {}
+    if "none" not in rows:
+        rows["none"] = answer_loss(model, tokenizer, examples, [None] * len(examples))
+    for step, path in tqdm(points, desc="snapshots"):
+        key = f"{path.name}@{step}"
+        if key not in rows:
+            encoder = HyperEncoder.from_pretrained(path, model, tokenizer)
+            by_hash = {a.doc_hash: a for a in encoder.encode(docs)}
+            own = [by_hash[content_hash(ex.passages[0].text)] for ex in examples]
+            rows[key] = {"step": step, "own": answer_loss(model, tokenizer, examples, own),
+                         "wrong": answer_loss(model, tokenizer, examples, wrong_document(own)),
+                         "cosine": mean_pairwise_cosine(list(by_hash.values()))}
+        if args.f1 and "f1" not in rows[key]:
+            env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
+            subprocess.run([sys.executable, "-m", "hyperprag", "bench", *BENCH, "--checkpoint", str(path),
+                            "--out", str(out / key)], check=True, env=env)
+            ds = json.loads((out / key / "results.json").read_text())["datasets"]["squad"]
+            rows[key]["f1"] = {"closed": ds["modes"]["closed"]["f1"], "hyper": ds["modes"]["hyper"]["f1"],
+                               "wrong": ds["wrong_document"]["hyper"]["f1"]}
+        cache.write_text(json.dumps(rows, indent=1))
+
+    none = rows["none"]
+    print(f"answer loss without an adapter: {none:.4f} nats/token ({len(examples)} held-out questions)")
+    print("| step | loss own | loss wrong doc | lift (nats) | share of lift lost | mean pairwise cosine "
+          "| F1 hyper | F1 wrong doc | F1 closed |")
+    print("|---" * 9 + "|")
+    for key, r in sorted(((k, v) for k, v in rows.items() if k != "none"), key=lambda kv: kv[1]["step"]):
+        lost = specificity(-none, -r["own"], -r["wrong"])["share_of_lift_lost"]
+        f1 = r.get("f1")
+        f1_cells = f"{f1['hyper']:.3f} | {f1['wrong']:.3f} | {f1['closed']:.3f}" if f1 else "| |"
+        print(f"| {r['step']} | {r['own']:.4f} | {r['wrong']:.4f} | {none - r['own']:+.4f} | {lost:.2f} "
+              f"| {r['cosine']:.3f} | {f1_cells} |")
+
+
+if __name__ == "__main__":
+    main()
