@@ -6,9 +6,11 @@ on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never train
   document's generated adapter and with another document's (the bench's wrong-document draw).
   Loss moves long before greedy F1 does, so it shows a trend 100 questions of F1 cannot;
 - the mean pairwise cosine of the 20 generated deltas (collapse: near 1);
-- with ``--f1``, greedy F1 via ``hyperprag bench --modes closed hyper`` (as in hyper_ablation.py).
+- with ``--f1``, greedy F1 via ``hyperprag bench --modes closed hyper`` (as in hyper_ablation.py);
+- with ``--exact-store``, the same losses for the trained (exact, reference recipe) adapters of
+  those paragraphs: the yardstick in nats.
 
-    .venv/bin/python benchmarks/hyper_curve.py runs/squad_minilm_long [--f1]
+    .venv/bin/python benchmarks/hyper_curve.py runs/squad_minilm_long [--f1] [--exact-store out/exact-store]
 """
 from __future__ import annotations
 
@@ -26,8 +28,10 @@ from hyper_ablation import BENCH
 from hyperprag.adapter import content_hash
 from hyperprag.data import load_questions, spread_questions
 from hyperprag.diagnostics import answer_loss, mean_pairwise_cosine, specificity, wrong_document
+from hyperprag.exact import ExactEncoder
 from hyperprag.hyper_encoder import HyperEncoder
-from hyperprag.models import load_base_model
+from hyperprag.models import load_base_model, model_id
+from hyperprag.store import AdapterStore
 
 DATA = "../shared/data/squad.jsonl"
 
@@ -46,6 +50,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="a training run's out dir (with step-N/ and final/)")
     ap.add_argument("--f1", action="store_true", help="also run the bench (greedy F1, ~5 min a snapshot)")
+    ap.add_argument("--exact-store", type=Path, default=None,
+                    help="a store holding exact adapters (default recipe) of the 20 paragraphs: adds a reference row")
     ap.add_argument("--out", type=Path, default=None, help="default: out/curve/RUN_NAME")
     args = ap.parse_args()
     points = snapshots(args.run)
@@ -65,6 +71,14 @@ def main() -> None:
     rows = json.loads(cache.read_text()) if cache.exists() else {}
     if "none" not in rows:
         rows["none"] = answer_loss(model, tokenizer, examples, [None] * len(examples))
+    if args.exact_store and "exact" not in rows:
+        store, key = AdapterStore(args.exact_store), ExactEncoder(model, tokenizer).key
+        own = [store.get(content_hash(ex.passages[0].text), key, model_id(model)) for ex in examples]
+        if any(a is None for a in own):
+            sys.exit(f"{args.exact_store}: {sum(a is None for a in own)} questions lack an exact adapter ({key})")
+        rows["exact"] = {"step": "exact", "own": answer_loss(model, tokenizer, examples, own),
+                         "wrong": answer_loss(model, tokenizer, examples, wrong_document(own)),
+                         "cosine": mean_pairwise_cosine(list({a.doc_hash: a for a in own}.values()))}
     for step, path in tqdm(points, desc="snapshots"):
         key = f"{path.name}@{step}"
         if key not in rows:
@@ -88,7 +102,9 @@ def main() -> None:
     print("| step | loss own | loss wrong doc | lift (nats) | share of lift lost | mean pairwise cosine "
           "| F1 hyper | F1 wrong doc | F1 closed |")
     print("|---" * 9 + "|")
-    for key, r in sorted(((k, v) for k, v in rows.items() if k != "none"), key=lambda kv: kv[1]["step"]):
+    order = [k for k in rows if k not in ("none", "exact")]
+    for key in ["exact"] * ("exact" in rows) + sorted(order, key=lambda k: rows[k]["step"]):
+        r = rows[key]
         lost = specificity(-none, -r["own"], -r["wrong"])["share_of_lift_lost"]
         f1 = r.get("f1")
         f1_cells = f"{f1['hyper']:.3f} | {f1['wrong']:.3f} | {f1['closed']:.3f}" if f1 else "| |"
