@@ -60,13 +60,13 @@ def table(names: list[str]) -> str:
             "|---" * 12 + "|"]
     for name in names:
         path = OUT / name / "results.json"
+        emb, _, obj = name.partition("-")
         if not path.exists():
-            rows.append(f"| {name} | | | not run | | | | | | | | |")
+            rows.append(f"| {name} | {emb} | {obj} | not run | | | | | | | | |")
             continue
         r = json.loads(path.read_text())
         ds = r["datasets"]["squad"]
         w = ds["wrong_document"]["hyper"]
-        emb, _, obj = name.partition("-")
         rows.append(f"| {name} | {emb} | {obj} | {ds['modes']['hyper']['f1']:.3f} | {ds['modes']['closed']['f1']:.3f} "
                     f"| {w['lift']:+.3f} | {w['f1']:.3f} | {w['share_of_lift_lost']:.2f} "
                     f"| {ds['similarity']['hyper']['mean_pairwise_cosine']:.3f} "

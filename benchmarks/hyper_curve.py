@@ -10,7 +10,7 @@ on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never train
 - with ``--exact-store``, the same losses for the trained (exact, reference recipe) adapters of
   those paragraphs: the yardstick in nats.
 
-    .venv/bin/python benchmarks/hyper_curve.py runs/squad_minilm_long [--f1] [--exact-store out/exact-store]
+    .venv/bin/python benchmarks/hyper_curve.py runs/squad_minilm_long [--f1 [STEP ...]] [--exact-store out/exact-store]
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="a training run's out dir (with step-N/ and final/)")
-    ap.add_argument("--f1", action="store_true", help="also run the bench (greedy F1, ~5 min a snapshot)")
+    ap.add_argument("--f1", nargs="*", type=int, default=None, metavar="STEP",
+                    help="also run the bench (greedy F1, ~5 min a snapshot) at these steps (none given: all)")
     ap.add_argument("--exact-store", type=Path, default=None,
                     help="a store holding exact adapters (default recipe) of the 20 paragraphs: adds a reference row")
     ap.add_argument("--out", type=Path, default=None, help="default: out/curve/RUN_NAME")
@@ -88,7 +89,7 @@ def main() -> None:
             rows[key] = {"step": step, "own": answer_loss(model, tokenizer, examples, own),
                          "wrong": answer_loss(model, tokenizer, examples, wrong_document(own)),
                          "cosine": mean_pairwise_cosine(list(by_hash.values()))}
-        if args.f1 and "f1" not in rows[key]:
+        if args.f1 is not None and (not args.f1 or step in args.f1) and "f1" not in rows[key]:
             env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
             subprocess.run([sys.executable, "-m", "hyperprag", "bench", *BENCH, "--checkpoint", str(path),
                             "--out", str(out / key)], check=True, env=env)
