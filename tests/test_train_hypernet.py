@@ -107,3 +107,19 @@ def test_answer_logits_equal_full_forward_at_answer_positions(arch, tokenizer):
     with torch.no_grad():
         full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         assert torch.allclose(answer_logits(model, batch), full[batch.rows, batch.positions], atol=1e-5)
+
+
+def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, setup):
+    from conftest import random_adapter
+    from hyperprag.models import load_base_model
+    from hyperprag.store import AdapterStore
+
+    model_dir, data = setup
+    model, _ = load_base_model(str(model_dir))
+    store = AdapterStore(tmp_path / "store")
+    for n, (_, text, _) in enumerate(FACTS):   # a stand-in "exact" adapter for every training document
+        store.put(random_adapter(model, n, doc=text), "exact-test")
+    log = launch(tmp_path, model_dir, data, 1, steps=12, out="run", weights="{lm: 0.0, kl: 0.0, recon: 1.0}",
+                 extra=f"recon_store: {tmp_path / 'store'}\nrecon_encoder_key: exact-test\n")
+    assert all("recon" in r and "lm" not in r for r in log)
+    assert log[-1]["recon"] < log[0]["recon"], (log[0], log[-1])

@@ -189,7 +189,7 @@ def main() -> None:
             dists = []
             for r, i in enumerate(idx):
                 exact = recon_store.get(content_hash(train_docs[i][0].text), cfg["recon_encoder_key"],
-                                        encoder.base_model, encoder.targets)
+                                        encoder.base_model)
                 if exact is None:
                     continue
                 for t in encoder.targets:
