@@ -41,17 +41,25 @@ BENCH = ["--data", "../shared/data/squad.jsonl", "--limit", "100", "--per-doc", 
          "--store", str(OUT / "store"), "--quiet"]
 
 
-def run(name: str) -> None:
+def step(*cmd: str) -> None:
+    """One stage as a subprocess on one CPU thread (unless OMP_NUM_THREADS says otherwise), offline."""
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, *cmd], check=True, env=env)
+
+
+def bench(checkpoint: Path, out: Path) -> dict:
+    """Greedy F1 of closed-book and ``checkpoint``'s adapters (own and wrong document's) on the questions."""
+    step("-m", "hyperprag", "bench", *BENCH, "--checkpoint", str(checkpoint), "--out", str(out))
+    return json.loads((out / "results.json").read_text())
+
+
+def run(name: str) -> None:
     ckpt = RUNS / name / "final"
     if not (ckpt / "model.safetensors").exists():
-        subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-                        "training/train_hypernet.py", CONFIG, *VARIANTS[name], f"out={RUNS / name}"],
-                       check=True, env=env)
-    subprocess.run([sys.executable, "-m", "hyperprag", "bench", *BENCH, "--checkpoint", str(ckpt),
-                    "--out", str(OUT / name)], check=True, env=env)
-    subprocess.run([sys.executable, str(Path(__file__).with_name("hyper_curve.py")), str(RUNS / name),
-                    "--out", str(OUT / name / "curve")], check=True, env=env)
+        step("-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+             "training/train_hypernet.py", CONFIG, *VARIANTS[name], f"out={RUNS / name}")
+    bench(ckpt, OUT / name)
+    step(str(Path(__file__).with_name("hyper_curve.py")), str(RUNS / name), "--out", str(OUT / name / "curve"))
 
 
 def table(names: list[str]) -> str:

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from hyper_ablation import BENCH
+from hyper_ablation import bench
 from hyperprag.adapter import content_hash
 from hyperprag.data import load_questions, spread_questions
 from hyperprag.diagnostics import answer_loss, mean_pairwise_cosine, specificity, wrong_document
@@ -64,36 +62,35 @@ def main() -> None:
     model, tokenizer = load_base_model(None)
     examples = spread_questions(load_questions(DATA), 100, 5)
     held = set(json.loads((args.run / "heldout_hashes.json").read_text()))
-    leaked = {content_hash(ex.passages[0].text) for ex in examples} - held
+    doc_hashes = [content_hash(ex.passages[0].text) for ex in examples]
+    leaked = set(doc_hashes) - held
     if leaked:
         sys.exit(f"{len(leaked)} evaluation paragraphs were in {args.run}'s training pool")
-    docs = list({content_hash(ex.passages[0].text): ex.passages[0] for ex in examples}.values())
+    docs = list(dict(zip(doc_hashes, (ex.passages[0] for ex in examples))).values())
     cache = out / "curve.json"
     rows = json.loads(cache.read_text()) if cache.exists() else {}
     if "none" not in rows:
         rows["none"] = answer_loss(model, tokenizer, examples, [None] * len(examples))
+
+    def point(step, own: list) -> dict:
+        """Answer loss with each question's own adapter and with another document's; delta cosine."""
+        return {"step": step, "own": answer_loss(model, tokenizer, examples, own),
+                "wrong": answer_loss(model, tokenizer, examples, wrong_document(own)),
+                "cosine": mean_pairwise_cosine(list({a.doc_hash: a for a in own}.values()))}
+
     if args.exact_store and "exact" not in rows:
         store, key = AdapterStore(args.exact_store), ExactEncoder(model, tokenizer).key
-        own = [store.get(content_hash(ex.passages[0].text), key, model_id(model)) for ex in examples]
+        own = [store.get(h, key, model_id(model)) for h in doc_hashes]
         if any(a is None for a in own):
             sys.exit(f"{args.exact_store}: {sum(a is None for a in own)} questions lack an exact adapter ({key})")
-        rows["exact"] = {"step": "exact", "own": answer_loss(model, tokenizer, examples, own),
-                         "wrong": answer_loss(model, tokenizer, examples, wrong_document(own)),
-                         "cosine": mean_pairwise_cosine(list({a.doc_hash: a for a in own}.values()))}
+        rows["exact"] = point("exact", own)
     for step, path in tqdm(points, desc="snapshots"):
         key = f"{path.name}@{step}"
         if key not in rows:
-            encoder = HyperEncoder.from_pretrained(path, model, tokenizer)
-            by_hash = {a.doc_hash: a for a in encoder.encode(docs)}
-            own = [by_hash[content_hash(ex.passages[0].text)] for ex in examples]
-            rows[key] = {"step": step, "own": answer_loss(model, tokenizer, examples, own),
-                         "wrong": answer_loss(model, tokenizer, examples, wrong_document(own)),
-                         "cosine": mean_pairwise_cosine(list(by_hash.values()))}
+            by_hash = {a.doc_hash: a for a in HyperEncoder.from_pretrained(path, model, tokenizer).encode(docs)}
+            rows[key] = point(step, [by_hash[h] for h in doc_hashes])
         if args.f1 is not None and (not args.f1 or step in args.f1) and "f1" not in rows[key]:
-            env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
-            subprocess.run([sys.executable, "-m", "hyperprag", "bench", *BENCH, "--checkpoint", str(path),
-                            "--out", str(out / key)], check=True, env=env)
-            ds = json.loads((out / key / "results.json").read_text())["datasets"]["squad"]
+            ds = bench(path, out / key)["datasets"]["squad"]
             rows[key]["f1"] = {"closed": ds["modes"]["closed"]["f1"], "hyper": ds["modes"]["hyper"]["f1"],
                                "wrong": ds["wrong_document"]["hyper"]["f1"]}
         cache.write_text(json.dumps(rows, indent=1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 
@@ -85,9 +86,6 @@ def answer_loss(model, tokenizer, examples: Sequence[QAExample], adapters: Seque
     total = 0.0
     for ex, ad in zip(examples, adapters):
         batch, _ = qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])
-        if ad is None:
-            total += lm_loss(answer_logits(model, batch), batch).item()
-            continue
-        with lora_hooks(model, ad.factors, scaling=ad.scaling):
+        with lora_hooks(model, ad.factors, scaling=ad.scaling) if ad is not None else nullcontext():
             total += lm_loss(answer_logits(model, batch), batch).item()
     return total / len(examples)
