@@ -3,7 +3,9 @@
 For every snapshot of a run (``out/step-N`` from ``snapshot_every``, and ``out/final``) it measures,
 on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never trained on):
 - the answer loss (nats per answer token, teacher-forced) with no adapter, with the question's own
-  document's generated adapter and with another document's (the bench's wrong-document draw).
+  document's generated adapter, with another document's (the bench's wrong-document draw) and with
+  its own summed with two other documents' (as a top-3 retrieval merges them; a part all adapters
+  share is then added three times), and averaged with them (``--merge mean``).
   Loss moves long before greedy F1 does, so it shows a trend 100 questions of F1 cannot;
 - the mean pairwise cosine of the 20 generated deltas (collapse: near 1);
 - with ``--f1``, greedy F1 via ``hyperprag bench --modes closed hyper`` (as in hyper_ablation.py);
@@ -25,9 +27,10 @@ from tqdm.auto import tqdm
 from hyper_ablation import bench
 from hyperprag.adapter import content_hash
 from hyperprag.data import load_questions, spread_questions
-from hyperprag.diagnostics import answer_loss, mean_pairwise_cosine, specificity, wrong_document
+from hyperprag.diagnostics import answer_loss, distractors, mean_pairwise_cosine, specificity, wrong_document
 from hyperprag.exact import ExactEncoder
 from hyperprag.hyper_encoder import HyperEncoder
+from hyperprag.merge import merge_adapters
 from hyperprag.models import load_base_model, model_id
 from hyperprag.store import AdapterStore
 
@@ -72,23 +75,32 @@ def main() -> None:
     if "none" not in rows:
         rows["none"] = answer_loss(model, tokenizer, examples, [None] * len(examples))
 
-    def point(step, own: list) -> dict:
-        """Answer loss with each question's own adapter and with another document's; delta cosine."""
-        return {"step": step, "own": answer_loss(model, tokenizer, examples, own),
-                "wrong": answer_loss(model, tokenizer, examples, wrong_document(own)),
-                "cosine": mean_pairwise_cosine(list({a.doc_hash: a for a in own}.values()))}
+    def point(row: dict, own: list) -> None:
+        """Fill in what ``row`` lacks: answer loss with each question's own adapter, with another
+        document's, with its own summed and averaged with two others'; delta cosine (rows from before a measure
+        was added get just that one)."""
+        measures = {"own": lambda: answer_loss(model, tokenizer, examples, own),
+                    "wrong": lambda: answer_loss(model, tokenizer, examples, wrong_document(own)),
+                    "merged3": lambda: answer_loss(model, tokenizer, examples, [
+                        merge_adapters([o, *d]) for o, d in zip(own, distractors(own, 2))]),
+                    "merged3_mean": lambda: answer_loss(model, tokenizer, examples, [
+                        merge_adapters([o, *d], "mean") for o, d in zip(own, distractors(own, 2))]),
+                    "cosine": lambda: mean_pairwise_cosine(list({a.doc_hash: a for a in own}.values()))}
+        for name, measure in measures.items():
+            if name not in row:
+                row[name] = measure()
 
-    if args.exact_store and "exact" not in rows:
+    if args.exact_store and "merged3_mean" not in rows.get("exact", {}):
         store, key = AdapterStore(args.exact_store), ExactEncoder(model, tokenizer).key
         own = [store.get(h, key, model_id(model)) for h in doc_hashes]
         if any(a is None for a in own):
             sys.exit(f"{args.exact_store}: {sum(a is None for a in own)} questions lack an exact adapter ({key})")
-        rows["exact"] = point("exact", own)
+        point(rows.setdefault("exact", {"step": "exact"}), own)
     for step, path in tqdm(points, desc="snapshots"):
         key = f"{path.name}@{step}"
-        if key not in rows:
+        if "merged3_mean" not in rows.get(key, {}):
             by_hash = {a.doc_hash: a for a in HyperEncoder.from_pretrained(path, model, tokenizer).encode(docs)}
-            rows[key] = point(step, [by_hash[h] for h in doc_hashes])
+            point(rows.setdefault(key, {"step": step}), [by_hash[h] for h in doc_hashes])
         if args.f1 is not None and (not args.f1 or step in args.f1) and "f1" not in rows[key]:
             ds = bench(path, out / key)["datasets"]["squad"]
             rows[key]["f1"] = {"closed": ds["modes"]["closed"]["f1"], "hyper": ds["modes"]["hyper"]["f1"],
@@ -97,9 +109,9 @@ def main() -> None:
 
     none = rows["none"]
     print(f"answer loss without an adapter: {none:.4f} nats/token ({len(examples)} held-out questions)")
-    print("| step | loss own | loss wrong doc | lift (nats) | share of lift lost | mean pairwise cosine "
-          "| F1 hyper | F1 wrong doc | F1 closed |")
-    print("|---" * 9 + "|")
+    print("| step | loss own | loss wrong doc | lift (nats) | share of lift lost | loss own + 2 others "
+          "| lift merged (nats) | lift mean-merged | mean pairwise cosine | F1 hyper | F1 wrong doc | F1 closed |")
+    print("|---" * 12 + "|")
     order = [k for k in rows if k not in ("none", "exact")]
     for key in ["exact"] * ("exact" in rows) + sorted(order, key=lambda k: rows[k]["step"]):
         r = rows[key]
@@ -107,7 +119,8 @@ def main() -> None:
         f1 = r.get("f1")
         f1_cells = f"{f1['hyper']:.3f} | {f1['wrong']:.3f} | {f1['closed']:.3f}" if f1 else "| |"
         print(f"| {r['step']} | {r['own']:.4f} | {r['wrong']:.4f} | {none - r['own']:+.4f} | {lost:.2f} "
-              f"| {r['cosine']:.3f} | {f1_cells} |")
+              f"| {r['merged3']:.4f} | {none - r['merged3']:+.4f} | {none - r['merged3_mean']:+.4f} | {r['cosine']:.3f} "
+              f"| {f1_cells} |")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,16 @@ def wrong_document(adapters: Sequence[DocAdapter], seed: int = 0) -> list[DocAda
     return out
 
 
+def distractors(adapters: Sequence[DocAdapter], n: int, seed: int = 1) -> list[list[DocAdapter]]:
+    """For each position, ``n`` adapters of distinct documents other than its own: merged with the
+    own adapter they stand in for the other passages of a top-(n+1) retrieval."""
+    by_doc = {a.doc_hash: a for a in adapters}
+    if len(by_doc) < n + 1:
+        raise ValueError(f"{n} distractors need adapters of at least {n + 1} documents, got {len(by_doc)}")
+    rng = random.Random(seed)
+    return [rng.sample([d for h, d in by_doc.items() if h != a.doc_hash], n) for a in adapters]
+
+
 def specificity(f1_closed: float, f1_right: float, f1_wrong: float) -> dict[str, float]:
     """Lift over closed-book, and the share of it lost when the adapter is another document's
     (1.0: all of it lost, the adapter is specific; 0.0: it does not matter which document)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from .data import Passage
 from .prompts import build_prompt
@@ -27,6 +28,18 @@ def delta_distance(a1, b1, s1: float, a2, b2, s2: float) -> torch.Tensor:
     a = torch.cat([a1, a2], dim=-2)
     b = torch.cat([b1 * s1, -b2 * s2], dim=-1)
     return lowrank_sq_norm(a, b) / lowrank_sq_norm(a2, b2 * s2).clamp_min(1e-12)
+
+
+def stacked_factors(generated: dict[str, tuple[torch.Tensor, torch.Tensor]], targets, sets: torch.Tensor) -> dict:
+    """Per-row LoRA factors whose delta is the exact sum of the generated deltas of the documents in
+    ``sets`` (rows, k): the top-k merge of ``merge.merge_adapters``, done on the hypernetwork's
+    batched output so that training sees what retrieval of k documents will do."""
+    factors = {}
+    for t in targets:
+        a, b = generated[t.role]
+        factors[t.name] = (rearrange(a[sets, t.layer], "n k r i -> n (k r) i"),
+                           rearrange(b[sets, t.layer], "n k o r -> n o (k r)"))
+    return factors
 
 
 @dataclass

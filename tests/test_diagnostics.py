@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import random_adapter, tiny_model
-from hyperprag.diagnostics import (answer_loss, delta_inner, mean_pairwise_cosine, similarity_matrix,
-                                   specificity, wrong_document)
+from hyperprag.diagnostics import (answer_loss, delta_inner, distractors, mean_pairwise_cosine,
+                                   similarity_matrix, specificity, wrong_document)
 
 
 def test_delta_inner_matches_materialised_deltas():
@@ -31,6 +31,16 @@ def test_wrong_document_never_keeps_the_right_one():
     assert all(w.doc_hash != a.doc_hash for w, a in zip(wrong, ads))
     with pytest.raises(ValueError):
         wrong_document([ads[0], ads[0]])
+
+
+def test_distractors_are_distinct_other_documents():
+    model = tiny_model()
+    ads = [random_adapter(model, s) for s in range(4)] * 2
+    for own, picked in zip(ads, distractors(ads, 3)):
+        hashes = [d.doc_hash for d in picked]
+        assert len(set(hashes)) == 3 and own.doc_hash not in hashes
+    with pytest.raises(ValueError, match="at least 5 documents"):
+        distractors(ads, 4)
 
 
 def test_specificity_share_of_lift():

@@ -162,3 +162,21 @@ def test_token_embedding_is_the_mean_of_each_documents_input_embeddings(tokenize
     # Batched lookup keeps documents apart, and the hypernetwork is pinned to this source.
     assert torch.equal(e[0], e[2]) and not torch.allclose(e[0], e[1])
     assert torch.allclose(src.embed(["a longer text here"])[0], e[1], atol=1e-6)
+
+
+def test_stacked_factors_give_the_merged_sum_of_each_sets_adapters():
+    from hyperprag.hyper_objectives import stacked_factors
+    from hyperprag.merge import merge_adapters
+
+    enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32)
+    adapters = enc.encode(DOCS)
+    with torch.no_grad():
+        generated = enc.hypernet(HashSource().embed([d.text for d in DOCS]))
+    sets = torch.tensor([[0, 2], [1, 0], [2, 1]])
+    factors = stacked_factors(generated, enc.targets, sets)
+    s = enc.hypernet.config.scaling
+    for row, members in enumerate(sets.tolist()):
+        merged = merge_adapters([adapters[i] for i in members])
+        for t in enc.targets:
+            a, b = factors[t.name]
+            assert torch.allclose(s * b[row] @ a[row], merged.delta(t.name), atol=1e-6)

@@ -77,10 +77,10 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     assert [r["step"] for r in log] == list(range(1, 11))  # steps 6-10 appended, 1-5 not redone
 
 
-def test_centred_run_with_the_contrast_objective(tmp_path, setup):
+def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, setup):
     model_dir, data = setup
     log = launch(tmp_path, model_dir, data, 1, steps=6, out="run", weights="{lm: 1.0, kl: 0.0, contrast: 1.0}",
-                 extra="center: true\ncontrast_margin: 0.5\nsnapshot_every: 3\n")
+                 extra="center: true\ncontrast_margin: 0.5\nsnapshot_every: 3\nmerge_k: 3\n")
     assert all(r["contrast"] >= 0 and "kl" not in r for r in log)
     from hyperprag.models import load_base_model
 
@@ -123,3 +123,12 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
                  extra=f"recon_store: {tmp_path / 'store'}\nrecon_encoder_key: exact-test\n")
     assert all("recon" in r and "lm" not in r for r in log)
     assert log[-1]["recon"] < log[0]["recon"], (log[0], log[-1])
+
+
+def test_merge_k_beyond_the_batch_is_refused_before_loading_anything(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("docs_per_step: 4\nmerge_k: 4\nweights: {lm: 1.0, contrast: 1.0}\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "training" / "train_hypernet.py"), str(config)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"{config}: merge_k must be >= 1 and docs_per_step >= 5" in proc.stderr

@@ -10,6 +10,8 @@ held aside and never trained on (its hashes are written next to the checkpoint).
 their weights come from the YAML config: ``lm`` (answer loss with the generated adapter),
 ``kl`` (distillation from the in-context teacher), ``recon`` (distance to exact adapters in a
 store, as deltas) and ``contrast`` (a question's own document's adapter must beat another's).
+With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
+to k - 1 others, as top-k retrieval merges them.
 The run checkpoints every ``save_every`` steps and resumes from the last one; ``snapshot_every``
 also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning curve.
 """
@@ -34,7 +36,8 @@ from hyperprag.adapter import content_hash
 from hyperprag.data import Passage, load_questions
 from hyperprag.embeddings import build_source
 from hyperprag.hyper_encoder import HyperEncoder
-from hyperprag.hyper_objectives import answer_logits, delta_distance, distill_loss, lm_loss, qa_batches
+from hyperprag.hyper_objectives import (answer_logits, delta_distance, distill_loss, lm_loss, qa_batches,
+                                        stacked_factors)
 from hyperprag.inject import lora_hooks
 from hyperprag.models import load_base_model
 from hyperprag.store import AdapterStore
@@ -43,7 +46,7 @@ DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
     "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
-    "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "recon_store": None, "recon_encoder_key": None,
+    "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None,
 }
 
@@ -57,6 +60,9 @@ def load_config(path: str, overrides: list[str]) -> dict:
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         sys.exit(f"{path}: unknown config keys {sorted(unknown)}")
+    needed = cfg["merge_k"] + bool(cfg["weights"].get("contrast"))  # contrast needs k documents besides the own
+    if cfg["merge_k"] < 1 or cfg["docs_per_step"] < needed:
+        sys.exit(f"{path}: merge_k must be >= 1 and docs_per_step >= {needed} (merge_k, plus 1 with contrast)")
     if cfg["center"] and cfg["docs_per_step"] < 2:
         sys.exit(f"{path}: center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
     return cfg
@@ -162,10 +168,13 @@ def main() -> None:
                 questions.append(q)
                 answers.append(a)
         student, teacher = qa_batches(tokenizer, docs, questions, answers)
-        row_t = torch.tensor(rows, device=accelerator.device)
-        factors = {t.name: (out_f[t.role][0][row_t, t.layer], out_f[t.role][1][row_t, t.layer])
-                   for t in encoder.targets}
-        with lora_hooks(model, factors, scaling=scaling):
+        # Each question is answered with the sum of its own document's adapter and those of k - 1
+        # others of the batch (k drawn in 1..merge_k), as top-k retrieval will merge them: a part
+        # every document shares is then added k times, so it cannot be what answers the question.
+        k = rng.randint(1, min(cfg["merge_k"], len(idx)))
+        others = [rng.sample([j for j in range(len(idx)) if j != r], len(idx) - 1) for r in rows]
+        own_sets = torch.tensor([[r, *o[: k - 1]] for r, o in zip(rows, others)], device=accelerator.device)
+        with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_sets), scaling=scaling):
             s_logits = answer_logits(model, student)
         losses = {}
         if weights.get("lm"):
@@ -174,14 +183,12 @@ def main() -> None:
             with torch.no_grad():
                 t_logits = answer_logits(model, teacher)
             losses["kl"] = distill_loss(s_logits, t_logits)
-        if weights.get("contrast") and len(idx) > 1:
+        if weights.get("contrast") and len(idx) > k:
             # Specificity as an objective: each question must be answered better with its own
-            # document's adapter than with the next document's, by a margin (a hinge, so wrong
-            # adapters are not pushed to wreck the model).
-            other = (row_t + 1) % len(idx)
-            wrong = {t.name: (out_f[t.role][0][other, t.layer], out_f[t.role][1][other, t.layer])
-                     for t in encoder.targets}
-            with lora_hooks(model, wrong, scaling=scaling):
+            # document's adapter (in its set of k) than with k other documents', by a margin (a
+            # hinge, so wrong adapters are not pushed to wreck the model).
+            wrong_sets = torch.tensor([o[:k] for o in others], device=accelerator.device)
+            with lora_hooks(model, stacked_factors(out_f, encoder.targets, wrong_sets), scaling=scaling):
                 w_lm = lm_loss(answer_logits(model, student), student)
             own = losses["lm"] if "lm" in losses else lm_loss(s_logits, student)
             losses["contrast"] = torch.relu(cfg["contrast_margin"] + own - w_lm)
