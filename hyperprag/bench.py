@@ -56,7 +56,7 @@ class BenchSettings:
     modes: Sequence[str] = ALL_MODES
     batch_size: int = 8
     max_new_tokens: int = 32
-    merge: str = "sum"
+    merge: str | None = None     # None: each encoder's own (DocumentEncoder.merge)
     cost_docs: int = 2           # documents the exact encoder is timed on, from a cold augmentation cache
     repeats: int = 3             # timing repeats (medians)
     latency_queries: int = 8
@@ -142,6 +142,7 @@ def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str,
     work = WorkDir(out / "work")
     modes = [get_mode(m) for m in settings.modes]
     base = model_id(model)
+    merges = {name: settings.merge or enc.merge for name, enc in encoders.items()}
     results: dict = {
         "command": settings.command,
         "settings": {k: v for k, v in vars(settings).items() if k not in ("command", "options", "progress")},
@@ -149,6 +150,7 @@ def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str,
         "versions": _versions(),
         "base_model": base,
         "encoders": {n: e.key for n, e in encoders.items()},
+        "merge": merges,
         "hyper_checkpoint": str(hyper_checkpoint) if hyper_checkpoint else None,
         "datasets": {},
     }
@@ -156,19 +158,19 @@ def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str,
     for ds in datasets:
         ds_key = fingerprint(base, ds.path, [ex.id for ex in ds.examples],
                              [[content_hash(p.text) for p in ps] for ps in ds.retrieved])
-        merged[ds.name] = {name: merged_adapters(ds.retrieved, store, enc, settings.merge, settings.progress)
+        merged[ds.name] = {name: merged_adapters(ds.retrieved, store, enc, merges[name], settings.progress)
                            for name, enc in encoders.items()}
         entry = {"path": ds.path, "n_questions": len(ds.examples), "n_passages": len(ds.passages), "modes": {}}
         answers = {}
         for mode in modes:
             enc_key = encoders[mode.encoder].key if mode.adapters else None
-            key = fingerprint(ds_key, mode.name, enc_key, settings.merge, settings.max_new_tokens)
+            key = fingerprint(ds_key, mode.name, enc_key, merges.get(mode.encoder, "sum"), settings.max_new_tokens)
             ads = merged[ds.name][mode.encoder] if mode.adapters else None
             answers[mode.name] = answer_all(model, tokenizer, ds, mode.name, ads,
                                             work.answers_path(f"{ds.name}-{mode.name}", key), settings, mode.name)
             entry["modes"][mode.name] = summarize(answers[mode.name])
         entry["wrong_document"] = _wrong_document(model, tokenizer, ds, ds_key, entry, merged[ds.name],
-                                                  encoders, work, settings)
+                                                  encoders, merges, work, settings)
         entry["similarity"] = _similarity(ds, encoders, store, settings.similarity_docs)
         if hyper_checkpoint is not None:
             entry["hyper_trained_on"] = training_overlap(hyper_checkpoint, ds)
@@ -186,7 +188,8 @@ def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str,
     results["bytes_per_doc"] = {n: statistics.median(r.bytes for r in store.records() if r.encoder == e.key)
                                 for n, e in encoders.items()}
     results["latency_seconds"] = work.stage(
-        "latency", timing_key, lambda: query_latency(model, tokenizer, first, first_merged, encoders, modes, settings))
+        "latency", timing_key, lambda: query_latency(model, tokenizer, first, first_merged, encoders, modes,
+                                                     merges.get("hyper"), settings))
     results["throughput_q_per_s"] = work.stage(
         "throughput", timing_key, lambda: batch_throughput(model, tokenizer, first, first_merged, settings))
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
@@ -195,7 +198,7 @@ def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str,
     return results
 
 
-def _wrong_document(model, tokenizer, ds, ds_key, entry, merged, encoders, work, settings) -> dict:
+def _wrong_document(model, tokenizer, ds, ds_key, entry, merged, encoders, merges, work, settings) -> dict:
     """Adapter-only modes answered with another document's adapters: how much of the lift remains."""
     out = {}
     if "closed" not in entry["modes"] or len(ds.passages) < 2:
@@ -205,7 +208,7 @@ def _wrong_document(model, tokenizer, ds, ds_key, entry, merged, encoders, work,
         if name not in entry["modes"]:
             continue
         wrong = wrong_document(merged[mode.encoder])
-        key = fingerprint(ds_key, name, "wrong-document", encoders[mode.encoder].key, settings.merge,
+        key = fingerprint(ds_key, name, "wrong-document", encoders[mode.encoder].key, merges[mode.encoder],
                           settings.max_new_tokens)
         recs = answer_all(model, tokenizer, ds, name, wrong, work.answers_path(f"{ds.name}-{name}-wrongdoc", key),
                           settings, f"{name} (wrong document)")
@@ -301,7 +304,7 @@ def hyper_cost(hyper, docs: Sequence[Passage], repeats: int) -> dict:
 
 
 def query_latency(model, tokenizer, ds: Dataset, merged: dict[str, list[DocAdapter]], encoders,
-                  modes, settings: BenchSettings) -> dict:
+                  modes, hyper_merge: str | None, settings: BenchSettings) -> dict:
     """Seconds per single query (batch 1, 8 new tokens, no early stop so every mode writes the same
     length), interleaved across modes, median over questions x repeats. ``hyper+encode`` also
     generates and merges the passages' adapters per query, the cost of never storing them."""
@@ -319,7 +322,7 @@ def query_latency(model, tokenizer, ds: Dataset, merged: dict[str, list[DocAdapt
                 t0 = time.perf_counter()
                 adapter = merged[spec.encoder][i] if spec.adapters else None
                 if name == "hyper+encode":
-                    adapter = merge_adapters(encoders["hyper"].encode(ps), settings.merge)
+                    adapter = merge_adapters(encoders["hyper"].encode(ps), hyper_merge)
                 with inject(model, adapter):
                     generate_completions(model, tokenizer, [prompt], max_new_tokens=8, stop="\x00")
                 times[name].append(time.perf_counter() - t0)

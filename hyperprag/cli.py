@@ -40,8 +40,10 @@ def _add_parametric_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None,
                    help="adapter store directory, reused and filled on demand "
                         "(default: $HYPERPRAG_CACHE/store)")
-    p.add_argument("--merge", choices=MERGE_METHODS, default="sum",
-                   help="how the top-k adapters are combined (default sum, the exact sum of deltas)")
+    p.add_argument("--merge", choices=MERGE_METHODS, default=None,
+                   help="how the top-k adapters are combined (default: the encoder's own: sum, the exact "
+                        "sum of deltas, for trained adapters; mean for generated ones, whose common part "
+                        "a sum would multiply)")
     add_encoder_args(p)
 
 

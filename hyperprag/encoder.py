@@ -21,6 +21,9 @@ class DocumentEncoder(ABC):
     # Documents per encode() call that the store hands over; > 1 lets an encoder batch its work
     # (the exact encoder batches augmentation) at the cost of redoing one chunk after a kill.
     chunk_size: int = 1
+    # How this encoder's adapters of the top-k documents are combined when the caller does not
+    # say (a name from merge.MERGE_METHODS). Trained adapters are summed (the reference recipe).
+    merge: str = "sum"
 
     @property
     def key(self) -> str:

@@ -107,9 +107,9 @@ def summarize(records: Sequence[dict]) -> dict:
 
 
 def merged_adapters(retrieved: Sequence[Sequence[Passage]], store: AdapterStore, encoder: DocumentEncoder,
-                    method: str = "sum", progress: bool = True) -> list[DocAdapter]:
-    """Per question, the merge of its passages' adapters; each distinct passage is encoded once,
-    reusing whatever the store already holds."""
+                    method: str | None = None, progress: bool = True) -> list[DocAdapter]:
+    """Per question, the merge of its passages' adapters (``method``, default the encoder's own);
+    each distinct passage is encoded once, reusing whatever the store already holds."""
     unique = list({content_hash(p.text): p for ps in retrieved for p in ps}.values())
     by_hash = {a.doc_hash: a for a in store.get_or_encode(unique, encoder, progress=progress)}
-    return [merge_adapters([by_hash[content_hash(p.text)] for p in ps], method) for ps in retrieved]
+    return [merge_adapters([by_hash[content_hash(p.text)] for p in ps], method or encoder.merge) for ps in retrieved]

@@ -69,7 +69,8 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
           f"hyperprag {v['hyperprag']} (commit {v['git_commit']}), torch {v['torch']}, transformers "
           f"{v['transformers']}, peft {v['peft']}, Python {v['python']}; {v['machine']}.", ""]
     s = results["settings"]
-    L += [f"Settings: top-k {results['options'].get('top_k', 'n/a')}, merge `{s['merge']}`, batch {s['batch_size']}, "
+    merge = ", ".join(f"{n} `{m}`" for n, m in results.get("merge", {}).items()) or f"`{s.get('merge') or 'n/a'}`"
+    L += [f"Settings: top-k {results['options'].get('top_k', 'n/a')}, merge {merge}, batch {s['batch_size']}, "
           f"up to {s['max_new_tokens']} new tokens, greedy. Cost, latency and throughput are measured on "
           f"`{results['timing_dataset']}` (the first data file).", ""]
 

@@ -57,6 +57,7 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["command"].startswith("hyperprag bench --data") and res["versions"]["torch"]
     assert set(res["datasets"]) == {"alpha", "beta"}
+    assert res["merge"] == {"exact": "sum", "hyper": "mean"}  # each encoder's own, as --merge was not given
     for name, ds in res["datasets"].items():
         assert list(ds["modes"]) == list(MODES)
         assert all(ds["modes"][m]["n"] == 4 and 0 <= ds["modes"][m]["f1"] <= 1 for m in MODES)
@@ -79,6 +80,7 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
     report = (out / "report.md").read_text()
     for m in MODES:
         assert f"| {m} |" in report
+    assert "merge exact `sum`, hyper `mean`" in report
     assert "## Cost of parameterising a document" in report and "Wrong-document ablation" in report
     for png in ("f1_per_mode.png", "f1_vs_cost.png", "similarity.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -180,3 +180,18 @@ def test_stacked_factors_give_the_merged_sum_of_each_sets_adapters():
         for t in enc.targets:
             a, b = factors[t.name]
             assert torch.allclose(s * b[row] @ a[row], merged.delta(t.name), atol=1e-6)
+
+
+def test_generated_adapters_are_averaged_by_default_and_trained_ones_summed(tmp_path):
+    from hyperprag.evaluate import merged_adapters
+    from hyperprag.exact import ExactEncoder
+    from hyperprag.store import AdapterStore
+
+    assert ExactEncoder.merge == "sum" and HyperEncoder.merge == "mean"
+    enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32)
+    store = AdapterStore(tmp_path)
+    [mean] = merged_adapters([DOCS[:2]], store, enc, progress=False)
+    [total] = merged_adapters([DOCS[:2]], store, enc, "sum", progress=False)
+    assert mean.extra["method"] == "mean" and total.extra["method"] == "sum"
+    name = next(iter(mean.factors))
+    assert torch.allclose(mean.delta(name) * 2, total.delta(name), atol=1e-6)
