@@ -199,13 +199,18 @@ def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str,
 
 
 def _wrong_document(model, tokenizer, ds, ds_key, entry, merged, encoders, merges, work, settings) -> dict:
-    """Adapter-only modes answered with another document's adapters: how much of the lift remains."""
+    """Parametric modes answered with another document's adapters: how much of the lift remains.
+
+    The lift of an adapter-only mode is over closed-book; that of a -combine mode over rag (the
+    same passages in the prompt, no adapter), so an adapter that only teaches answer format (short
+    answers, no copied passage header) shows up as a lift that the wrong document keeps."""
     out = {}
-    if "closed" not in entry["modes"] or len(ds.passages) < 2:
+    if len(ds.passages) < 2:
         return out
-    for name in ("prag", "hyper"):
+    for name in ("prag", "hyper", "prag-combine", "hyper-combine"):
         mode = get_mode(name)
-        if name not in entry["modes"]:
+        baseline = "rag" if mode.passages_in_prompt else "closed"
+        if name not in entry["modes"] or baseline not in entry["modes"]:
             continue
         wrong = wrong_document(merged[mode.encoder])
         key = fingerprint(ds_key, name, "wrong-document", encoders[mode.encoder].key, merges[mode.encoder],
@@ -213,8 +218,8 @@ def _wrong_document(model, tokenizer, ds, ds_key, entry, merged, encoders, merge
         recs = answer_all(model, tokenizer, ds, name, wrong, work.answers_path(f"{ds.name}-{name}-wrongdoc", key),
                           settings, f"{name} (wrong document)")
         s = summarize(recs)
-        out[name] = {"em": s["em"], "f1": s["f1"]} | specificity(
-            entry["modes"]["closed"]["f1"], entry["modes"][name]["f1"], s["f1"])
+        out[name] = {"em": s["em"], "f1": s["f1"], "baseline": baseline} | specificity(
+            entry["modes"][baseline]["f1"], entry["modes"][name]["f1"], s["f1"])
     return out
 
 

@@ -45,7 +45,8 @@ def verdicts(results: dict) -> list[str]:
                          f"(hyper {_f(m['hyper']['f1'])} vs prag {_f(m['prag']['f1'])}).")
         for mode, w in ds.get("wrong_document", {}).items():
             lines.append(f"{name}: with another document's adapters `{mode}` scores F1 {_f(w['f1'])}; "
-                         f"share of its lift lost {_f(w['share_of_lift_lost'], 2)} (lift {w['lift']:+.3f}; "
+                         f"share of its lift lost {_f(w['share_of_lift_lost'], 2)} (lift over "
+                         f"{w.get('baseline', 'closed')} {w['lift']:+.3f}; "
                          "1.0 = all of it, the adapter is specific; meaningless when the lift is near zero).")
     cost = results.get("cost_seconds_per_doc", {})
     if "exact_over_hyper" in cost:
@@ -93,11 +94,11 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
                 L.append(f"| {m} | " + " | ".join(_f(r["by_type"][t]["f1"]) for t in types) + " |")
         if ds.get("wrong_document"):
             L += ["", "Wrong-document ablation (each question answered with another question's adapters):", "",
-                  "| mode | F1 right adapters | F1 wrong adapters | lift over closed | share of lift lost |",
+                  "| mode | F1 right adapters | F1 wrong adapters | lift (over) | share of lift lost |",
                   "|---|---|---|---|---|"]
             for m, w in ds["wrong_document"].items():
-                L.append(f"| {m} | {_f(ds['modes'][m]['f1'])} | {_f(w['f1'])} | {w['lift']:+.3f} | "
-                         f"{_f(w['share_of_lift_lost'], 2)} |")
+                L.append(f"| {m} | {_f(ds['modes'][m]['f1'])} | {_f(w['f1'])} | {w['lift']:+.3f} "
+                         f"({w.get('baseline', 'closed')}) | {_f(w['share_of_lift_lost'], 2)} |")
         if ds.get("similarity"):
             L += ["", "Mean pairwise cosine of the per-document deltas (first "
                   f"{len(next(iter(ds['similarity'].values()))['matrix'])} passages; near 1 = one adapter for every "

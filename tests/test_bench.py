@@ -61,7 +61,9 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
     for name, ds in res["datasets"].items():
         assert list(ds["modes"]) == list(MODES)
         assert all(ds["modes"][m]["n"] == 4 and 0 <= ds["modes"][m]["f1"] <= 1 for m in MODES)
-        assert set(ds["wrong_document"]) == {"prag", "hyper"}
+        assert set(ds["wrong_document"]) == {"prag", "hyper", "prag-combine", "hyper-combine"}
+        assert ds["wrong_document"]["hyper-combine"]["baseline"] == "rag"
+        assert ds["wrong_document"]["hyper"]["baseline"] == "closed"
         for enc in ("exact", "hyper"):
             matrix = ds["similarity"][enc]["matrix"]
             assert len(matrix) == 4 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(4))
@@ -109,8 +111,8 @@ def test_killed_bench_resumes_and_a_rerun_redoes_nothing(setup, monkeypatch):
     work = tmp_path / "out" / "work"
     next(work.glob("answers-alpha-closed-*.jsonl")).open("a").write('{"id": "cut')
     assert main(args) == 0
-    # 2 files x (6 modes + 2 wrong-document runs) x 2 batches in all; the finished ones are not redone
-    assert len(calls) == 2 * 8 * 2 - done_before
+    # 2 files x (6 modes + 4 wrong-document runs) x 2 batches in all; the finished ones are not redone
+    assert len(calls) == 2 * 10 * 2 - done_before
     first = (tmp_path / "out" / "results.json").read_text()
     store_files = sorted(p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*.safetensors"))
     calls.clear()
