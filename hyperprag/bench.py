@@ -164,6 +164,7 @@ def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str,
         answers = {}
         for mode in modes:
             enc_key = encoders[mode.encoder].key if mode.adapters else None
+            # modes without adapters merge nothing; "sum" keeps their answers' keys from before per-encoder merges
             key = fingerprint(ds_key, mode.name, enc_key, merges.get(mode.encoder, "sum"), settings.max_new_tokens)
             ads = merged[ds.name][mode.encoder] if mode.adapters else None
             answers[mode.name] = answer_all(model, tokenizer, ds, mode.name, ads,
