@@ -35,6 +35,11 @@ from hyperprag.models import load_base_model, model_id
 from hyperprag.store import AdapterStore
 
 DATA = "../shared/data/squad.jsonl"
+MEASURES = ("own", "wrong", "merged3", "merged3_mean", "cosine")  # what a row of the curve holds
+
+
+def complete(row: dict) -> bool:
+    return all(m in row for m in MEASURES)
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
@@ -76,21 +81,21 @@ def main() -> None:
         rows["none"] = answer_loss(model, tokenizer, examples, [None] * len(examples))
 
     def point(row: dict, own: list) -> None:
-        """Fill in what ``row`` lacks: answer loss with each question's own adapter, with another
-        document's, with its own summed and averaged with two others'; delta cosine (rows from before a measure
-        was added get just that one)."""
+        """Fill in the measures ``row`` lacks (a row cached before a measure was added gets just that
+        one): answer loss with each question's own adapter, with another document's, with its own
+        summed and averaged with two others'; the delta cosine."""
+        sets = [[o, *d] for o, d in zip(own, distractors(own, 2))]
         measures = {"own": lambda: answer_loss(model, tokenizer, examples, own),
                     "wrong": lambda: answer_loss(model, tokenizer, examples, wrong_document(own)),
-                    "merged3": lambda: answer_loss(model, tokenizer, examples, [
-                        merge_adapters([o, *d]) for o, d in zip(own, distractors(own, 2))]),
-                    "merged3_mean": lambda: answer_loss(model, tokenizer, examples, [
-                        merge_adapters([o, *d], "mean") for o, d in zip(own, distractors(own, 2))]),
+                    "merged3": lambda: answer_loss(model, tokenizer, examples, [merge_adapters(s) for s in sets]),
+                    "merged3_mean": lambda: answer_loss(model, tokenizer, examples,
+                                                        [merge_adapters(s, "mean") for s in sets]),
                     "cosine": lambda: mean_pairwise_cosine(list({a.doc_hash: a for a in own}.values()))}
         for name, measure in measures.items():
             if name not in row:
                 row[name] = measure()
 
-    if args.exact_store and "merged3_mean" not in rows.get("exact", {}):
+    if args.exact_store and not complete(rows.get("exact", {})):
         store, key = AdapterStore(args.exact_store), ExactEncoder(model, tokenizer).key
         own = [store.get(h, key, model_id(model)) for h in doc_hashes]
         if any(a is None for a in own):
@@ -98,7 +103,7 @@ def main() -> None:
         point(rows.setdefault("exact", {"step": "exact"}), own)
     for step, path in tqdm(points, desc="snapshots"):
         key = f"{path.name}@{step}"
-        if "merged3_mean" not in rows.get(key, {}):
+        if not complete(rows.get(key, {})):
             by_hash = {a.doc_hash: a for a in HyperEncoder.from_pretrained(path, model, tokenizer).encode(docs)}
             point(rows.setdefault(key, {"step": step}), [by_hash[h] for h in doc_hashes])
         if args.f1 is not None and (not args.f1 or step in args.f1) and "f1" not in rows[key]:
