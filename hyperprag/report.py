@@ -70,7 +70,7 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
           f"hyperprag {v['hyperprag']} (commit {v['git_commit']}), torch {v['torch']}, transformers "
           f"{v['transformers']}, peft {v['peft']}, Python {v['python']}; {v['machine']}.", ""]
     s = results["settings"]
-    merge = ", ".join(f"{n} `{m}`" for n, m in results.get("merge", {}).items()) or f"`{s.get('merge') or 'n/a'}`"
+    merge = ", ".join(f"{n} `{m}`" for n, m in results["merge"].items()) or "n/a (no adapters)"
     L += [f"Settings: top-k {results['options'].get('top_k', 'n/a')}, merge {merge}, batch {s['batch_size']}, "
           f"up to {s['max_new_tokens']} new tokens, greedy. Cost, latency and throughput are measured on "
           f"`{results['timing_dataset']}` (the first data file).", ""]
