@@ -22,6 +22,7 @@ import re
 import sys
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from hyper_ablation import bench
@@ -60,6 +61,8 @@ def main() -> None:
     ap.add_argument("--exact-store", type=Path, default=None,
                     help="a store holding exact adapters (default recipe) of the 20 paragraphs: adds a reference row")
     ap.add_argument("--out", type=Path, default=None, help="default: out/curve/RUN_NAME")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where the base model runs (default: cuda when there is one)")
     args = ap.parse_args()
     points = snapshots(args.run)
     if not points:
@@ -67,7 +70,7 @@ def main() -> None:
     out = args.out or Path("out/curve") / args.run.name
     out.mkdir(parents=True, exist_ok=True)
 
-    model, tokenizer = load_base_model(None)
+    model, tokenizer = load_base_model(None, device=args.device)
     examples = spread_questions(load_questions(DATA), 100, 5)
     held = set(json.loads((args.run / "heldout_hashes.json").read_text()))
     doc_hashes = [content_hash(ex.passages[0].text) for ex in examples]

@@ -56,7 +56,8 @@ class HiddenStateEmbedding:
             enc = self.tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
                                  truncation=True, max_length=self.max_tokens,
                                  return_token_type_ids=False).to(self.model.device)
-            out = self.model(**enc, output_hidden_states=True)
+            # The base model alone: the LM head's logits (262k a token for Gemma) are not needed.
+            out = self.model.base_model(**enc, output_hidden_states=True)
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled = [(out.hidden_states[i].float() * mask).sum(1) / mask.sum(1) for i in self.layers]
             chunks.append(torch.nn.functional.normalize(torch.cat(pooled, dim=-1), dim=-1).cpu())

@@ -46,7 +46,10 @@ def lora_hooks(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Te
 
     try:
         for name, (a, b) in factors.items():
-            handles.append(model.get_submodule(name).register_forward_hook(make_hook(a, b)))
+            module = model.get_submodule(name)
+            # Adapters load on the CPU while the model may be on a GPU (a differentiable move).
+            device = next(module.parameters()).device
+            handles.append(module.register_forward_hook(make_hook(a.to(device), b.to(device))))
         yield
     finally:
         for h in handles:

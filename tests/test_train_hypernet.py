@@ -77,6 +77,17 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     assert [r["step"] for r in log] == list(range(1, 11))  # steps 6-10 appended, 1-5 not redone
 
 
+def test_time_budget_ends_an_annealed_run_on_every_process_and_counts_across_resumes(tmp_path, setup):
+    model_dir, data = setup
+    log = launch(tmp_path, model_dir, data, 2, steps=100_000, out="run", extra="max_minutes: 0.1\n")
+    state = json.loads((tmp_path / "run" / "state" / "step.json").read_text())
+    assert log[-1]["step"] == state["step"] < 100_000 and state["seconds"] >= 6
+    assert log[-1]["lr"] < 0.1 * 3.0e-2 < log[len(log) // 3]["lr"]  # the cosine followed the clock
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+    again = launch(tmp_path, model_dir, data, 2, steps=100_000, out="run", extra="max_minutes: 0.1\n")
+    assert again == log  # the budget was spent: a relaunch trains no further
+
+
 def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, setup):
     model_dir, data = setup
     log = launch(tmp_path, model_dir, data, 1, steps=6, out="run", weights="{lm: 1.0, kl: 0.0, contrast: 1.0}",
@@ -125,10 +136,14 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     assert log[-1]["recon"] < log[0]["recon"], (log[0], log[-1])
 
 
-def test_merge_k_beyond_the_batch_is_refused_before_loading_anything(tmp_path):
+@pytest.mark.parametrize("config_text, message", [
+    ("docs_per_step: 4\nmerge_k: 4\nweights: {lm: 1.0, contrast: 1.0}\n", "merge_k must be >= 1 and docs_per_step >= 5"),
+    ("max_minutes: 0\n", "max_minutes must be a positive number of minutes"),
+])
+def test_bad_configs_are_refused_before_loading_anything(tmp_path, config_text, message):
     config = tmp_path / "cfg.yaml"
-    config.write_text("docs_per_step: 4\nmerge_k: 4\nweights: {lm: 1.0, contrast: 1.0}\n")
+    config.write_text(config_text)
     proc = subprocess.run([sys.executable, str(ROOT / "training" / "train_hypernet.py"), str(config)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert f"{config}: merge_k must be >= 1 and docs_per_step >= 5" in proc.stderr
+    assert f"{config}: {message}" in proc.stderr

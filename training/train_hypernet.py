@@ -14,6 +14,9 @@ With ``merge_k`` above 1, answers are trained with the summed adapters of the ow
 to k - 1 others, as top-k retrieval merges them.
 The run checkpoints every ``save_every`` steps and resumes from the last one; ``snapshot_every``
 also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning curve.
+``max_minutes`` bounds the run's wall-clock time (resumes included), for a machine lent for a
+fixed time: the run then ends at ``steps`` or at the budget, whichever comes first, and the
+learning rate's cosine follows whichever is nearer its end, so a cut run still ends annealed.
 """
 from __future__ import annotations
 
@@ -21,15 +24,20 @@ import argparse
 import copy
 import json
 import math
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
+# Where JAX is installed beside torch (common on GPU images), something initialises it and it
+# takes 75% of the GPU's memory up front; on an H200 that starved this run into out-of-memory.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, set_seed
 from tqdm.auto import tqdm
 
 from hyperprag.adapter import content_hash
@@ -47,7 +55,7 @@ DEFAULTS = {
     "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
-    "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None,
+    "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
 }
 
 
@@ -63,6 +71,8 @@ def load_config(path: str, overrides: list[str]) -> dict:
     needed = cfg["merge_k"] + bool(cfg["weights"].get("contrast"))  # contrast needs k documents besides the own
     if cfg["merge_k"] < 1 or cfg["docs_per_step"] < needed:
         sys.exit(f"{path}: merge_k must be >= 1 and docs_per_step >= {needed} (merge_k, plus 1 with contrast)")
+    if cfg["max_minutes"] is not None and not cfg["max_minutes"] > 0:
+        sys.exit(f"{path}: max_minutes must be a positive number of minutes (or null: no time limit)")
     if cfg["center"] and cfg["docs_per_step"] < 2:
         sys.exit(f"{path}: center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
     return cfg
@@ -102,7 +112,7 @@ def main() -> None:
     train_docs, heldout = load_documents(cfg["data"], cfg["heldout_pct"], cfg["max_docs"], cfg["heldout_first"])
     if not train_docs:
         sys.exit("no training documents: check 'data' in the config")
-    log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type})")
+    log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}) on {accelerator.device}")
     log(f"documents: {len(train_docs)} train, {len(heldout)} held aside; embedding {source.id}")
     embeddings = source.embed([d.text for d, _ in train_docs])  # every source batches internally
     # None: 1/hidden, which trains the heads at a LoRA's pace (see HyperNetConfig.head_multiplier)
@@ -114,18 +124,31 @@ def main() -> None:
     recon_store = AdapterStore(cfg["recon_store"]) if cfg["weights"].get("recon") else None
 
     optim = torch.optim.AdamW(encoder.hypernet.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / max(cfg["warmup"], 1)) * 0.5 * (
-        1 + math.cos(math.pi * min(s, cfg["steps"]) / cfg["steps"])))
     hypernet, optim = accelerator.prepare(encoder.hypernet, optim)
 
     # --- resume ------------------------------------------------------------------------------
-    state_dir, step = out / "state", 0
+    state_dir, step, spent = out / "state", 0, 0.0  # spent: seconds trained before this process
     if (state_dir / "step.json").exists():
         accelerator.load_state(str(state_dir))
-        step = json.loads((state_dir / "step.json").read_text())["step"]
-        for _ in range(step):
-            sched.step()
+        saved = json.loads((state_dir / "step.json").read_text())
+        step, spent = saved["step"], saved.get("seconds", 0.0)
         log(f"resumed from step {step}")
+    budget = cfg["max_minutes"] * 60 if cfg["max_minutes"] else None
+
+    def progress() -> float:
+        """Share of the run done, by steps or by the time budget if that is further along. The main
+        process's clock decides, so every process stops at the same step."""
+        done = step / cfg["steps"]
+        if budget:
+            clock = torch.tensor([(spent + time.time() - t_start) / budget], device=accelerator.device)
+            done = max(done, broadcast(clock).item())
+        return done
+
+    def set_lr(done: float) -> float:
+        lr = cfg["lr"] * min(1.0, (step + 1) / max(cfg["warmup"], 1)) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        for group in optim.param_groups:
+            group["lr"] = lr
+        return lr
 
     def save_encoder(path: Path) -> None:
         """A loadable checkpoint of the current weights; training goes on with the live copy."""
@@ -141,7 +164,7 @@ def main() -> None:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(state_dir))
         if accelerator.is_main_process:
-            (state_dir / "step.json").write_text(json.dumps({"step": step}))
+            (state_dir / "step.json").write_text(json.dumps({"step": step, "seconds": spent + time.time() - t_start}))
 
     # Every process draws its own documents: the seed includes the rank and the step, so a resumed
     # run continues the same sequence and processes never train on the same batch.
@@ -155,7 +178,9 @@ def main() -> None:
     t_start = time.time()
     running: dict[str, float] = {}  # loss sums since the last log line; the log shows their means
     last_log = step
-    while step < cfg["steps"]:
+    done = progress()
+    while done < 1.0:
+        lr = set_lr(done)
         rng = random.Random(hash((cfg["seed"], accelerator.process_index, step)))
         idx = rng.sample(range(len(train_docs)), min(cfg["docs_per_step"], len(train_docs)))
         out_f = hypernet(embeddings[idx].to(accelerator.device))
@@ -217,22 +242,23 @@ def main() -> None:
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(hypernet.parameters(), 1.0)
         optim.step()
-        sched.step()
         optim.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
-        if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+        done = progress()
+        last = done >= 1.0
+        if step % cfg["log_every"] == 0 or last:
             seen = step - last_log
             record = {"step": step, **{k: v / seen for k, v in running.items()}, **paired,
-                      "lr": sched.get_last_lr()[0], "seconds": time.time() - t_start}
+                      "lr": lr, "seconds": spent + time.time() - t_start}
             running, last_log = {}, step
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k == "loss" or k in weights})
             if accelerator.is_main_process:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
-        if step % cfg["save_every"] == 0 or step == cfg["steps"]:
+        if step % cfg["save_every"] == 0 or last:
             save_state()
-        if cfg["snapshot_every"] and step % cfg["snapshot_every"] == 0 and step < cfg["steps"]:
+        if cfg["snapshot_every"] and step % cfg["snapshot_every"] == 0 and not last:
             save_encoder(out / f"step-{step}")
     bar.close()
     save_encoder(out / "final")
