@@ -35,6 +35,34 @@ _MODEL_TYPE_LAYOUT = {
 }
 
 
+# A probe the packaged tokenizer must split exactly so. The tokenizer is rebuilt from the GGUF by
+# transformers, and not every version rebuilds it alike: on transformers 5.17 (an H200 image) the
+# same file gave a tokenizer under which the model's held-out SQuAD answer loss was 7.5 nats
+# instead of 2.7, with no error anywhere. These ids come from a conversion whose model answers
+# as expected (transformers 5.24); words, a double space and digits are where converters differ.
+_TOKENIZER_PROBE = "Question: Where is the Glass Regatta rowed?\n  Answer: Lake Ennisar, 1,204 m above sea-level."
+_TOKENIZER_PROBE_IDS = [2, 14977, 236787, 10603, 563, 506, 25171, 3657, 14088, 2050, 524, 236881, 107, 138, 7925,
+                        236787, 9630, 217866, 516, 236764, 236743, 236770, 236764, 236778, 236771, 236812, 520,
+                        2787, 5442, 236772, 5909, 236761]
+
+
+def check_default_tokenizer(tokenizer) -> None:
+    """Refuse a default-model tokenizer that splits text unlike the one the model was trained with.
+
+    A wrong tokenizer raises no error of its own: the model just reads garbage, and adapters or
+    hypernetworks trained with it are silently worthless.
+    """
+    import transformers
+
+    ids = tokenizer(_TOKENIZER_PROBE)["input_ids"]
+    if ids != _TOKENIZER_PROBE_IDS:
+        raise HyperpragError(
+            f"transformers {transformers.__version__} rebuilt the packaged Gemma 3 270M tokenizer differently "
+            f"({len(ids)} tokens where {len(_TOKENIZER_PROBE_IDS)} are expected for {_TOKENIZER_PROBE!r}); "
+            f"the model would read garbage. Use the transformers version this was checked with (5.24), "
+            f"delete {_default_model_dir()} and load again, or pass a Hugging Face directory of the model.")
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("HYPERPRAG_CACHE", Path.home() / ".cache" / "hyperprag"))
 
@@ -65,6 +93,7 @@ def _convert_default_model(target: Path) -> None:
         gguf_name = "model.gguf"
         assemble(work / gguf_name)
         tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_name)
+        check_default_tokenizer(tokenizer)  # before a minute of dequantising, and before anything is cached
         quantised = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf_name, dtype=torch.float32)
         config = AutoConfig.from_pretrained(work, gguf_file=gguf_name)
         if hasattr(config, "quantization_config"):
@@ -104,10 +133,13 @@ def load_base_model(name_or_path: str | None = None, dtype: torch.dtype = torch.
 
     path = resolve_model_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    default = name_or_path in (None, DEFAULT_MODEL_ID)
+    if default:  # a cache converted elsewhere, or by another transformers version
+        check_default_tokenizer(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.hyperprag_model_id = DEFAULT_MODEL_ID if name_or_path in (None, DEFAULT_MODEL_ID) else str(name_or_path)
+    model.hyperprag_model_id = DEFAULT_MODEL_ID if default else str(name_or_path)
     return model, tokenizer
 
 

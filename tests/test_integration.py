@@ -27,3 +27,12 @@ def test_default_model_has_gemma_ffn_targets(real_model):
     assert len(targets) == 18 * 3
     assert {(t.role, t.in_features, t.out_features) for t in targets} == {
         ("gate", 640, 2048), ("up", 640, 2048), ("down", 2048, 640)}
+
+
+def test_loading_the_default_model_checks_its_tokenizer(real_model, monkeypatch):
+    import hyperprag.models as models
+    from hyperprag.errors import HyperpragError
+
+    monkeypatch.setattr(models, "_TOKENIZER_PROBE_IDS", models._TOKENIZER_PROBE_IDS[:-1])
+    with pytest.raises(HyperpragError, match="rebuilt the packaged Gemma 3 270M tokenizer differently"):
+        models.load_base_model()

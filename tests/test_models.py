@@ -77,3 +77,12 @@ def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch)
         resolve_model_path(None)
     models = tmp_path / "models"
     assert list(models.iterdir()) == []  # no model dir, no temp dir left behind
+
+
+def test_a_tokenizer_that_splits_the_probe_otherwise_is_refused_naming_the_transformers_version(tokenizer):
+    import transformers
+
+    from hyperprag.models import check_default_tokenizer
+
+    with pytest.raises(HyperpragError, match=f"transformers {transformers.__version__} rebuilt"):
+        check_default_tokenizer(tokenizer)  # MiniLM's wordpiece: same text, other ids
