@@ -36,10 +36,10 @@ _MODEL_TYPE_LAYOUT = {
 
 
 # A probe the packaged tokenizer must split exactly so. The tokenizer is rebuilt from the GGUF by
-# transformers, and not every version rebuilds it alike: on transformers 5.17 (an H200 image) the
-# same file gave a tokenizer under which the model's held-out SQuAD answer loss was 7.5 nats
-# instead of 2.7, with no error anywhere. These ids come from a conversion whose model answers
-# as expected (transformers 5.24); words, a double space and digits are where converters differ.
+# transformers, and not every version rebuilds it alike: 5.18-5.22 drop the leading <bos>, and 5.17
+# (an H200 image's) also splits words into fragments, under which the model's held-out SQuAD answer
+# loss was 7.5 nats instead of 2.7, with no error anywhere. 5.23 and 5.24 give these ids; words,
+# a double space and digits are where converters differ.
 _TOKENIZER_PROBE = "Question: Where is the Glass Regatta rowed?\n  Answer: Lake Ennisar, 1,204 m above sea-level."
 _TOKENIZER_PROBE_IDS = [2, 14977, 236787, 10603, 563, 506, 25171, 3657, 14088, 2050, 524, 236881, 107, 138, 7925,
                         236787, 9630, 217866, 516, 236764, 236743, 236770, 236764, 236778, 236771, 236812, 520,
@@ -59,7 +59,7 @@ def check_default_tokenizer(tokenizer) -> None:
         raise HyperpragError(
             f"transformers {transformers.__version__} rebuilt the packaged Gemma 3 270M tokenizer differently "
             f"({len(ids)} tokens where {len(_TOKENIZER_PROBE_IDS)} are expected for {_TOKENIZER_PROBE!r}); "
-            f"the model would read garbage. Use the transformers version this was checked with (5.24), "
+            f"the model would read garbage. Use transformers >= 5.23 (5.18-5.22 drop <bos>, 5.17 also splits words), "
             f"delete {_default_model_dir()} and load again, or pass a Hugging Face directory of the model.")
 
 
