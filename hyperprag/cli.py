@@ -1,4 +1,4 @@
-"""``hyperprag`` command line: eval, encode, bench and demo."""
+"""``hyperprag`` command line: eval, encode, augment, bench and demo."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from .data import DataError, QAExample, load_questions, read_corpus
+from .data import DataError, QAExample, load_questions, passages_of, read_corpus
 from .errors import HyperpragError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
@@ -89,6 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--encoder", choices=("exact", "hyper"), default="exact",
                      help="exact (train each LoRA) or hyper (generate it with the hypernetwork)")
     _add_parametric_args(enc)
+
+    aug = sub.add_parser(
+        "augment", help="self-augment the passages of files (rewrites + QA pairs) into the cache",
+        description="Have the base model rewrite every passage of the files and write QA pairs about it, "
+                    "as the exact encoder does, and cache the results by passage. A training set for the "
+                    "hypernetwork beyond SQuAD's human questions (training config: augmented, "
+                    "augment_cache). Cached passages are skipped, so a killed run resumes where it stopped; "
+                    "under `accelerate launch` each process takes every n-th passage. Prints the cache "
+                    "directory, which depends on the model and on these settings.")
+    aug.add_argument("--docs", required=True, nargs="+", metavar="FILE",
+                     help="corpus JSONL files, or question files (their passages)")
+    aug.add_argument("--skip-first", type=int, default=0, metavar="N",
+                     help="leave out the passages of each question file's first N questions, the ones the "
+                          "benchmarks evaluate on (default 0)")
+    aug.add_argument("--limit", type=int, default=None, help="only the first N passages in all")
+    aug.add_argument("--model", default=None, help="base model directory (default: packaged Gemma 3 270M)")
+    aug.add_argument("--batch-size", type=int, default=8,
+                     help="passages generated for at a time (default 8, the exact encoder's: the cache "
+                          "directory depends on it)")
+    aug.add_argument("--n-rewrites", type=int, default=1, help="rewrites per passage (default 1)")
+    aug.add_argument("--n-qa", type=int, default=3, help="QA pairs per passage (default 3)")
+    aug.add_argument("--quiet", action="store_true", help="no progress bars")
 
     bench = sub.add_parser(
         "bench", help="all modes on the same questions: quality, cost, latency, specificity; report + plots",
@@ -201,19 +223,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    from .adapter import content_hash
     from .encoders import build_encoder
     from .models import load_base_model
 
-    path = Path(args.docs)
-    try:
-        docs = read_corpus(path)
-    except DataError as corpus_err:  # not a corpus: maybe a question file, whose passages we take
-        try:
-            docs = [p for ex in load_questions(path) for p in ex.passages]
-        except DataError:
-            raise corpus_err from None
-    docs = list({content_hash(d.text): d for d in docs}.values())[: args.limit]
+    docs = passages_of(args.docs)[: args.limit]
     # Under `accelerate launch`, each process takes every n-th document; the store is safe for
     # concurrent writers, so together they fill one store. A plain run is one process of one.
     import torch
@@ -236,6 +249,28 @@ def cmd_encode(args) -> int:
     failed = sum("augmentation_failed" in json.loads(r.meta.get("extra", "{}")) for r in records)
     print(f"stored={len(sizes)} augmentation_failed={failed} store={store.root} "
           f"bytes_per_doc={sum(sizes) // max(len(sizes), 1)}")
+    return 0
+
+
+def cmd_augment(args) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from .adapter import content_hash
+    from .augment import AugmentConfig, Augmenter
+    from .models import load_base_model
+
+    docs = list({content_hash(d.text): d for f in args.docs for d in passages_of(f, args.skip_first)}.values())
+    docs = docs[: args.limit]
+    state = PartialState(cpu=not torch.cuda.is_available()) if _launched() else None
+    if state is not None:
+        docs = docs[state.process_index::state.num_processes]
+    model, tokenizer = load_base_model(args.model, device=state.device if state else "cpu")
+    augmenter = Augmenter(model, tokenizer, AugmentConfig(n_rewrites=args.n_rewrites, n_qa=args.n_qa,
+                                                          batch_size=args.batch_size))
+    augs = augmenter.augment(docs, progress=not args.quiet and (state is None or state.is_main_process))
+    print(f"passages={len(augs)} complete={sum(a.failed is None for a in augs)} "
+          f"qa_pairs={sum(len(a.qa) for a in augs)} cache={augmenter.cache}")
     return 0
 
 
@@ -340,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
-    handler = {"eval": cmd_eval, "encode": cmd_encode, "bench": cmd_bench, "demo": cmd_demo}[args.command]
+    handler = {"eval": cmd_eval, "encode": cmd_encode, "augment": cmd_augment, "bench": cmd_bench,
+               "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except (DataError, HyperpragError, ValueError) as err:

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .adapter import content_hash
+
 
 class DataError(ValueError):
     """Malformed input data; ``str()`` is one line: ``file:line: what is wrong``."""
@@ -195,3 +197,18 @@ def spread_questions(examples: Sequence[QAExample], n: int | None, per_doc: int 
             if n is not None and len(out) == n:
                 break
     return out
+
+
+def passages_of(path: str | Path, skip_first: int = 0) -> list:
+    """A file's distinct passages: a corpus JSONL, or a question file's, less those of its first
+    ``skip_first`` questions."""
+    try:
+        docs = read_corpus(path)
+    except DataError as corpus_err:  # not a corpus: maybe a question file, whose passages we take
+        try:
+            examples = load_questions(path)
+        except DataError:
+            raise corpus_err from None
+        skipped = {content_hash(p.text) for ex in examples[:skip_first] for p in ex.passages}
+        docs = [p for ex in examples[skip_first:] for p in ex.passages if content_hash(p.text) not in skipped]
+    return list({content_hash(d.text): d for d in docs}.values())

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +128,31 @@ def test_cli_encode_fills_store_and_skips_done(tmp_path, tokenizer, capsys, monk
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "stored=3" in out and "augmentation_failed=3" in out  # a random model writes no valid QA
+
+
+def test_cli_augment_caches_every_passage_but_the_evaluated_questions_and_resumes(tmp_path, tokenizer, capsys,
+                                                                                  monkeypatch):
+    from hyperprag.adapter import content_hash
+    from hyperprag.augment import read_cached
+
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
+    model_dir = tiny_model_dir(tmp_path, tokenizer)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps({"id": ex.id, "question": ex.question, "answers": ex.answers,
+                                               "passages": [{"title": p.title, "text": p.text} for p in ex.passages]})
+                                   for ex in EXAMPLES))
+    args = ["augment", "--docs", str(questions), "--skip-first", "1", "--model", str(model_dir), "--quiet",
+            "--n-qa", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    # Question a's two passages are left out; b's two and c's one are augmented (a random model writes no QA).
+    assert "passages=3 complete=0" in out
+    cache = Path(out.split("cache=")[1].strip())
+    aug = read_cached(cache, content_hash("The Glass Regatta is a race on the lake."))
+    assert aug is not None and aug.failed
+    assert read_cached(cache, content_hash("The library holds the Amberlin Codex.")) is None
+    stamp = {f.name: f.stat().st_mtime_ns for f in cache.iterdir()}
+    assert main(args) == 0 and {f.name: f.stat().st_mtime_ns for f in cache.iterdir()} == stamp  # all cached
 
 
 def test_cli_encode_non_utf8_file_is_one_clear_line(tmp_path, capsys):

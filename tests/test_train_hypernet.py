@@ -53,6 +53,7 @@ def launch(tmp_path, model_dir, data, processes: int, steps: int, out: str,
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"processes: {processes}" in proc.stdout
+    (tmp_path / "stdout.txt").write_text(proc.stdout)
     return [json.loads(line) for line in (tmp_path / out / "log.jsonl").read_text().splitlines()]
 
 
@@ -86,6 +87,31 @@ def test_time_budget_ends_an_annealed_run_on_every_process_and_counts_across_res
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
     again = launch(tmp_path, model_dir, data, 2, steps=100_000, out="run", extra="max_minutes: 0.1\n")
     assert again == log  # the budget was spent: a relaunch trains no further
+
+
+def test_augmented_passages_train_with_their_generated_questions_less_the_evaluated_ones(tmp_path, setup):
+    from dataclasses import asdict
+
+    from hyperprag.adapter import content_hash
+    from hyperprag.augment import Augmentation
+
+    model_dir, data = setup
+    other = [("Orrun Falls", "The Orrun Falls drop 212 metres into Lake Ennisar.", "How far do the Orrun Falls drop?",
+              "212 metres"),
+             ("Vell Tower", "The Vell Tower was raised by the mason Ida Crane.", "Who raised the Vell Tower?", "Ida Crane")]
+    extra = tmp_path / "other.jsonl"
+    extra.write_text("\n".join(json.dumps({"question": q, "answers": [a], "passages": [{"title": t, "text": x}]})
+                               for t, x, q, a in other))
+    cache = tmp_path / "augment"
+    cache.mkdir()
+    for _, text, q, a in other:  # both cached; the first is an evaluated question's passage
+        h = content_hash(text)
+        (cache / f"{h}.json").write_text(json.dumps(asdict(Augmentation(h, [text], [(q, a)]))))
+    log = launch(tmp_path, model_dir, data, 1, steps=2, out="run",
+                 extra=f"augmented: [{extra}]\naugment_cache: {cache}\naugmented_skip_first: 1\n")
+    assert len(log) == 2
+    stdout = (tmp_path / "stdout.txt").read_text()
+    assert "augmented: 1 passages with generated QA pairs" in stdout and "documents: 5 train" in stdout
 
 
 def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, setup):
@@ -139,6 +165,7 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
 @pytest.mark.parametrize("config_text, message", [
     ("docs_per_step: 4\nmerge_k: 4\nweights: {lm: 1.0, contrast: 1.0}\n", "merge_k must be >= 1 and docs_per_step >= 5"),
     ("max_minutes: 0\n", "max_minutes must be a positive number of minutes"),
+    ("augmented: [x.jsonl]\n", "augmented files need augment_cache"),
 ])
 def test_bad_configs_are_refused_before_loading_anything(tmp_path, config_text, message):
     config = tmp_path / "cfg.yaml"

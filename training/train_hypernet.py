@@ -5,7 +5,10 @@
     accelerate launch --multi_gpu --num_processes 8 training/train_hypernet.py CONFIG  # 8 GPUs, unchanged
 
 Documents come from question files in the shared JSONL shape; a question with exactly one passage
-(SQuAD) gives that passage a QA pair. Documents are split by content hash: a fixed fraction is
+(SQuAD) gives that passage a QA pair. Passages of the ``augmented`` files (any corpus or question
+file) come with the QA pairs the base model wrote about them (``hyperprag augment``, whose printed
+cache directory is ``augment_cache``), less those of each file's first ``augmented_skip_first``
+questions, which the benchmarks evaluate on. Documents are split by content hash: a fixed fraction is
 held aside and never trained on (its hashes are written next to the checkpoint). Objectives and
 their weights come from the YAML config: ``lm`` (answer loss with the generated adapter),
 ``kl`` (distillation from the in-context teacher), ``recon`` (distance to exact adapters in a
@@ -30,10 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-# Where JAX is installed beside torch (common on GPU images), something initialises it and it
-# takes 75% of the GPU's memory up front; on an H200 that starved this run into out-of-memory.
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-
 import torch
 import yaml
 from accelerate import Accelerator
@@ -41,7 +40,8 @@ from accelerate.utils import broadcast, set_seed
 from tqdm.auto import tqdm
 
 from hyperprag.adapter import content_hash
-from hyperprag.data import Passage, load_questions
+from hyperprag.augment import read_cached
+from hyperprag.data import Passage, load_questions, passages_of
 from hyperprag.embeddings import build_source
 from hyperprag.hyper_encoder import HyperEncoder
 from hyperprag.hyper_objectives import (answer_logits, delta_distance, distill_loss, lm_loss, qa_batches,
@@ -50,12 +50,16 @@ from hyperprag.inject import lora_hooks
 from hyperprag.models import load_base_model
 from hyperprag.store import AdapterStore
 
+# Where JAX is installed beside torch (common on GPU images), something initialises it and it
+# takes 75% of the GPU's memory up front; on an H200 that starved this run into out-of-memory.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
     "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
-    "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
+    "augmented": [], "augment_cache": None, "augmented_skip_first": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
 }
 
 
@@ -73,6 +77,8 @@ def load_config(path: str, overrides: list[str]) -> dict:
         sys.exit(f"{path}: merge_k must be >= 1 and docs_per_step >= {needed} (merge_k, plus 1 with contrast)")
     if cfg["max_minutes"] is not None and not cfg["max_minutes"] > 0:
         sys.exit(f"{path}: max_minutes must be a positive number of minutes (or null: no time limit)")
+    if cfg["augmented"] and not (cfg["augment_cache"] and Path(cfg["augment_cache"]).is_dir()):
+        sys.exit(f"{path}: augmented files need augment_cache, the directory `hyperprag augment` printed")
     if cfg["center"] and cfg["docs_per_step"] < 2:
         sys.exit(f"{path}: center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
     return cfg
@@ -93,6 +99,19 @@ def load_documents(files: list[str], heldout_pct: int, max_docs: int | None, hel
     return train[:max_docs], held
 
 
+def augmented_documents(files: list[str], cache: str, skip_first: int, exclude: set[str]):
+    """(Passage, QA pairs) for the passages of ``files`` with a cached augmentation: generated
+    questions stand in for human ones, so any corpus can train the hypernetwork."""
+    docs = {}
+    for f in files:
+        for p in passages_of(f, skip_first):
+            h = content_hash(p.text)
+            aug = read_cached(cache, h) if h not in exclude else None
+            if aug is not None and aug.qa:
+                docs[h] = (p, list(aug.qa))
+    return list(docs.values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="YAML config (see training/configs/)")
@@ -110,8 +129,13 @@ def main() -> None:
         p.requires_grad_(False)
     source = build_source(cfg["embedding"], model, tokenizer)
     train_docs, heldout = load_documents(cfg["data"], cfg["heldout_pct"], cfg["max_docs"], cfg["heldout_first"])
+    if cfg["augmented"]:
+        known = {content_hash(d.text) for d, _ in train_docs + heldout}
+        extra = augmented_documents(cfg["augmented"], cfg["augment_cache"], cfg["augmented_skip_first"], known)
+        log(f"augmented: {len(extra)} passages with generated QA pairs")
+        train_docs += extra
     if not train_docs:
-        sys.exit("no training documents: check 'data' in the config")
+        sys.exit("no training documents: check 'data' and 'augmented' in the config")
     log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}) on {accelerator.device}")
     log(f"documents: {len(train_docs)} train, {len(heldout)} held aside; embedding {source.id}")
     embeddings = source.embed([d.text for d, _ in train_docs])  # every source batches internally
