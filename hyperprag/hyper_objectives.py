@@ -95,6 +95,13 @@ def qa_batches(tokenizer, docs: Sequence[Passage], questions: Sequence[str], ans
     return student, teacher
 
 
+def passage_batch(tokenizer, docs: Sequence[Passage], max_words: int = 96) -> AnswerBatch:
+    """Each document's own text as the target after only its title: the adapter must hold the
+    passage, as the exact recipe's rewrites teach it to. It needs no questions, so any corpus trains it."""
+    return answer_batch(tokenizer, [f"{d.title}:" if d.title else "" for d in docs],
+                        [" ".join(d.text.split()[:max_words]) for d in docs])
+
+
 def lm_loss(student_logits: torch.Tensor, batch: AnswerBatch) -> torch.Tensor:
     return F.cross_entropy(student_logits, batch.targets.to(student_logits.device))
 

@@ -108,10 +108,24 @@ def test_augmented_passages_train_with_their_generated_questions_less_the_evalua
         h = content_hash(text)
         (cache / f"{h}.json").write_text(json.dumps(asdict(Augmentation(h, [text], [(q, a)]))))
     log = launch(tmp_path, model_dir, data, 1, steps=2, out="run",
-                 extra=f"augmented: [{extra}]\naugment_cache: {cache}\naugmented_skip_first: 1\n")
+                 extra=f"augmented: [{extra}]\naugment_cache: {cache}\nskip_first_questions: 1\n")
     assert len(log) == 2
     stdout = (tmp_path / "stdout.txt").read_text()
     assert "augmented: 1 passages with generated QA pairs" in stdout and "documents: 5 train" in stdout
+
+
+def test_doc_objective_trains_on_question_free_passages(tmp_path, setup):
+    model_dir, data = setup
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps({"id": f"c{i}", "title": t, "text": x}) for i, (t, x) in enumerate([
+        ("Orrun Falls", "The Orrun Falls drop 212 metres into Lake Ennisar."),
+        ("Vell Tower", "The Vell Tower was raised by the mason Ida Crane."),
+        ("Kelmash", "Kelmash is a stew of smoked barley and plum from the valley of Orrun.")])))  # a training doc too
+    log = launch(tmp_path, model_dir, data, 1, steps=20, out="run", weights="{lm: 1.0, doc: 1.0}",
+                 extra=f"passages: [{corpus}]\npassages_per_step: 2\n")
+    assert "passages: 2 without questions, for the doc objective" in (tmp_path / "stdout.txt").read_text()
+    first, last = (sum(r["doc"] for r in part) / 3 for part in (log[:3], log[-3:]))
+    assert last < first * 0.9, (first, last)
 
 
 def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, setup):
@@ -166,6 +180,8 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     ("docs_per_step: 4\nmerge_k: 4\nweights: {lm: 1.0, contrast: 1.0}\n", "merge_k must be >= 1 and docs_per_step >= 5"),
     ("max_minutes: 0\n", "max_minutes must be a positive number of minutes"),
     ("augmented: [x.jsonl]\n", "augmented files need augment_cache"),
+    ("passages: [x.jsonl]\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
+    ("weights: {lm: 1.0, doc: 1.0}\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
 ])
 def test_bad_configs_are_refused_before_loading_anything(tmp_path, config_text, message):
     config = tmp_path / "cfg.yaml"

@@ -7,10 +7,13 @@
 Documents come from question files in the shared JSONL shape; a question with exactly one passage
 (SQuAD) gives that passage a QA pair. Passages of the ``augmented`` files (any corpus or question
 file) come with the QA pairs the base model wrote about them (``hyperprag augment``, whose printed
-cache directory is ``augment_cache``), less those of each file's first ``augmented_skip_first``
-questions, which the benchmarks evaluate on. Documents are split by content hash: a fixed fraction is
+cache directory is ``augment_cache``). Passages of the ``passages`` files need no questions at all:
+they train only the ``doc`` objective. Both leave out the passages of each file's first
+``skip_first_questions`` questions, which the benchmarks evaluate on. Documents are split by content hash: a fixed fraction is
 held aside and never trained on (its hashes are written next to the checkpoint). Objectives and
-their weights come from the YAML config: ``lm`` (answer loss with the generated adapter),
+their weights come from the YAML config: ``lm`` (answer loss with the generated adapter), ``doc``
+(the first ``doc_words`` words of a passage after its title, with its generated adapter and not in
+the prompt: what the exact recipe's rewrites teach; ``passages_per_step`` drawn from all passages),
 ``kl`` (distillation from the in-context teacher), ``recon`` (distance to exact adapters in a
 store, as deltas) and ``contrast`` (a question's own document's adapter must beat another's).
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
@@ -44,8 +47,8 @@ from hyperprag.augment import read_cached
 from hyperprag.data import Passage, load_questions, passages_of
 from hyperprag.embeddings import build_source
 from hyperprag.hyper_encoder import HyperEncoder
-from hyperprag.hyper_objectives import (answer_logits, delta_distance, distill_loss, lm_loss, qa_batches,
-                                        stacked_factors)
+from hyperprag.hyper_objectives import (answer_logits, delta_distance, distill_loss, lm_loss, passage_batch,
+                                        qa_batches, stacked_factors)
 from hyperprag.inject import lora_hooks
 from hyperprag.models import load_base_model
 from hyperprag.store import AdapterStore
@@ -59,7 +62,7 @@ DEFAULTS = {
     "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
-    "augmented": [], "augment_cache": None, "augmented_skip_first": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
+    "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64, "skip_first_questions": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
 }
 
 
@@ -79,6 +82,9 @@ def load_config(path: str, overrides: list[str]) -> dict:
         sys.exit(f"{path}: max_minutes must be a positive number of minutes (or null: no time limit)")
     if cfg["augmented"] and not (cfg["augment_cache"] and Path(cfg["augment_cache"]).is_dir()):
         sys.exit(f"{path}: augmented files need augment_cache, the directory `hyperprag augment` printed")
+    if bool(cfg["passages"] or cfg["passages_per_step"]) != bool(cfg["weights"].get("doc")):
+        sys.exit(f"{path}: the doc objective (weights.doc) trains on passages_per_step passages a step: "
+                 f"give both, or neither (passages only add to what it draws from)")
     if cfg["center"] and cfg["docs_per_step"] < 2:
         sys.exit(f"{path}: center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
     return cfg
@@ -99,17 +105,21 @@ def load_documents(files: list[str], heldout_pct: int, max_docs: int | None, hel
     return train[:max_docs], held
 
 
+def corpus_passages(files: list[str], skip_first: int, exclude: set[str]) -> list[Passage]:
+    """The distinct passages of ``files`` less those in ``exclude`` and the evaluated questions'."""
+    docs = {content_hash(p.text): p for f in files for p in passages_of(f, skip_first)}
+    return [p for h, p in docs.items() if h not in exclude]
+
+
 def augmented_documents(files: list[str], cache: str, skip_first: int, exclude: set[str]):
     """(Passage, QA pairs) for the passages of ``files`` with a cached augmentation: generated
     questions stand in for human ones, so any corpus can train the hypernetwork."""
-    docs = {}
-    for f in files:
-        for p in passages_of(f, skip_first):
-            h = content_hash(p.text)
-            aug = read_cached(cache, h) if h not in exclude else None
-            if aug is not None and aug.qa:
-                docs[h] = (p, list(aug.qa))
-    return list(docs.values())
+    docs = []
+    for p in corpus_passages(files, skip_first, exclude):
+        aug = read_cached(cache, content_hash(p.text))
+        if aug is not None and aug.qa:
+            docs.append((p, list(aug.qa)))
+    return docs
 
 
 def main() -> None:
@@ -129,16 +139,21 @@ def main() -> None:
         p.requires_grad_(False)
     source = build_source(cfg["embedding"], model, tokenizer)
     train_docs, heldout = load_documents(cfg["data"], cfg["heldout_pct"], cfg["max_docs"], cfg["heldout_first"])
+    known = {content_hash(d.text) for d, _ in train_docs + heldout}
     if cfg["augmented"]:
-        known = {content_hash(d.text) for d, _ in train_docs + heldout}
-        extra = augmented_documents(cfg["augmented"], cfg["augment_cache"], cfg["augmented_skip_first"], known)
+        extra = augmented_documents(cfg["augmented"], cfg["augment_cache"], cfg["skip_first_questions"], known)
         log(f"augmented: {len(extra)} passages with generated QA pairs")
         train_docs += extra
+        known |= {content_hash(d.text) for d, _ in extra}
     if not train_docs:
         sys.exit("no training documents: check 'data' and 'augmented' in the config")
+    # The doc objective's pool: every training document, then the question-free passages.
+    pool = [d for d, _ in train_docs] + corpus_passages(cfg["passages"], cfg["skip_first_questions"], known)
+    if cfg["passages"]:
+        log(f"passages: {len(pool) - len(train_docs)} without questions, for the doc objective")
     log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}) on {accelerator.device}")
     log(f"documents: {len(train_docs)} train, {len(heldout)} held aside; embedding {source.id}")
-    embeddings = source.embed([d.text for d, _ in train_docs])  # every source batches internally
+    embeddings = source.embed([d.text for d in pool])  # every source batches internally; train docs first
     # None: 1/hidden, which trains the heads at a LoRA's pace (see HyperNetConfig.head_multiplier)
     head_mult = cfg["head_multiplier"] if cfg["head_multiplier"] is not None else 1.0 / cfg["hidden"]
     encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
@@ -207,7 +222,9 @@ def main() -> None:
         lr = set_lr(done)
         rng = random.Random(hash((cfg["seed"], accelerator.process_index, step)))
         idx = rng.sample(range(len(train_docs)), min(cfg["docs_per_step"], len(train_docs)))
-        out_f = hypernet(embeddings[idx].to(accelerator.device))
+        # Rows past the batch's documents: passages drawn for the doc objective alone.
+        drawn = rng.sample(range(len(pool)), min(cfg["passages_per_step"], len(pool)))
+        out_f = hypernet(embeddings[idx + drawn].to(accelerator.device))
         rows, docs, questions, answers = [], [], [], []
         for r, i in enumerate(idx):
             doc, qa = train_docs[i]
@@ -228,6 +245,11 @@ def main() -> None:
         losses = {}
         if weights.get("lm"):
             losses["lm"] = lm_loss(s_logits, student)
+        if drawn:
+            own_only = torch.arange(len(idx), len(idx) + len(drawn), device=accelerator.device).unsqueeze(1)
+            batch = passage_batch(tokenizer, [pool[i] for i in drawn], cfg["doc_words"])
+            with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_only), scaling=scaling):
+                losses["doc"] = lm_loss(answer_logits(model, batch), batch)
         if weights.get("kl"):
             with torch.no_grad():
                 t_logits = answer_logits(model, teacher)
