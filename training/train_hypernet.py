@@ -9,13 +9,14 @@ Documents come from question files in the shared JSONL shape; a question with ex
 file) come with the QA pairs the base model wrote about them (``hyperprag augment``, whose printed
 cache directory is ``augment_cache``). Passages of the ``passages`` files need no questions at all:
 they train only the ``doc`` objective. Both leave out the passages of each file's first
-``skip_first_questions`` questions, which the benchmarks evaluate on. Documents are split by content hash: a fixed fraction is
-held aside and never trained on (its hashes are written next to the checkpoint). Objectives and
-their weights come from the YAML config: ``lm`` (answer loss with the generated adapter), ``doc``
-(the first ``doc_words`` words of a passage after its title, with its generated adapter and not in
-the prompt: what the exact recipe's rewrites teach; ``passages_per_step`` drawn from all passages),
-``kl`` (distillation from the in-context teacher), ``recon`` (distance to exact adapters in a
-store, as deltas) and ``contrast`` (a question's own document's adapter must beat another's).
+``skip_first_questions`` questions, which the benchmarks evaluate on. Documents are split by
+content hash: a fixed fraction is held aside and never trained on (its hashes are written next to
+the checkpoint). Objectives and their weights come from the YAML config: ``lm`` (answer loss
+with the generated adapter), ``doc`` (the first ``doc_words`` words of a passage after its title,
+with its generated adapter and not in the prompt, as the exact recipe's rewrites teach it;
+``passages_per_step`` passages drawn from all a step), ``kl`` (distillation from the in-context
+teacher), ``recon`` (distance to exact adapters in a store, as deltas) and ``contrast`` (a
+question's own document's adapter must beat another's).
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
 to k - 1 others, as top-k retrieval merges them.
 The run checkpoints every ``save_every`` steps and resumes from the last one; ``snapshot_every``
