@@ -8,6 +8,8 @@ on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never train
   share is then added three times), and averaged with them (``--merge mean``).
   Loss moves long before greedy F1 does, so it shows a trend 100 questions of F1 cannot;
 - the mean pairwise cosine of the 20 generated deltas (collapse: near 1);
+- the passage loss of the 20 paragraphs (their first 64 words after the title, not in the prompt)
+  with their own adapter and with another's: does an adapter hold its own passage?
 - with ``--f1``, greedy F1 via ``hyperprag bench --modes closed hyper`` (as in hyper_ablation.py);
 - with ``--exact-store``, the same losses for the trained (exact, reference recipe) adapters of
   those paragraphs: the yardstick in nats.
@@ -23,12 +25,19 @@ import sys
 from pathlib import Path
 
 import torch
+from hyper_ablation import bench
 from tqdm.auto import tqdm
 
-from hyper_ablation import bench
 from hyperprag.adapter import content_hash
 from hyperprag.data import load_questions, spread_questions
-from hyperprag.diagnostics import answer_loss, distractors, mean_pairwise_cosine, specificity, wrong_document
+from hyperprag.diagnostics import (
+    answer_loss,
+    distractors,
+    mean_pairwise_cosine,
+    passage_loss,
+    specificity,
+    wrong_document,
+)
 from hyperprag.exact import ExactEncoder
 from hyperprag.hyper_encoder import HyperEncoder
 from hyperprag.merge import merge_adapters
@@ -36,7 +45,7 @@ from hyperprag.models import load_base_model, model_id
 from hyperprag.store import AdapterStore
 
 DATA = "../shared/data/squad.jsonl"
-MEASURES = ("own", "wrong", "merged3", "merged3_mean", "cosine")  # what a row of the curve holds
+MEASURES = ("own", "wrong", "merged3", "merged3_mean", "cosine", "doc_own", "doc_wrong")  # a row of the curve
 
 
 def complete(row: dict) -> bool:
@@ -82,18 +91,23 @@ def main() -> None:
     rows = json.loads(cache.read_text()) if cache.exists() else {}
     if "none" not in rows:
         rows["none"] = answer_loss(model, tokenizer, examples, [None] * len(examples))
+    if "doc_none" not in rows:
+        rows["doc_none"] = passage_loss(model, tokenizer, docs, [None] * len(docs))
 
     def point(row: dict, own: list) -> None:
         """Fill in the measures ``row`` lacks (a row cached before a measure was added gets just that
         one): answer loss with each question's own adapter, with another document's, with its own
         summed and averaged with two others'; the delta cosine."""
         sets = [[o, *d] for o, d in zip(own, distractors(own, 2))]
+        by_doc = list({a.doc_hash: a for a in own}.values())  # in the order of docs
         measures = {"own": lambda: answer_loss(model, tokenizer, examples, own),
                     "wrong": lambda: answer_loss(model, tokenizer, examples, wrong_document(own)),
                     "merged3": lambda: answer_loss(model, tokenizer, examples, [merge_adapters(s) for s in sets]),
                     "merged3_mean": lambda: answer_loss(model, tokenizer, examples,
                                                         [merge_adapters(s, "mean") for s in sets]),
-                    "cosine": lambda: mean_pairwise_cosine(list({a.doc_hash: a for a in own}.values()))}
+                    "cosine": lambda: mean_pairwise_cosine(by_doc),
+                    "doc_own": lambda: passage_loss(model, tokenizer, docs, by_doc),
+                    "doc_wrong": lambda: passage_loss(model, tokenizer, docs, wrong_document(by_doc))}
         for name, measure in measures.items():
             if name not in row:
                 row[name] = measure()
@@ -115,12 +129,14 @@ def main() -> None:
                                "wrong": ds["wrong_document"]["hyper"]["f1"]}
         cache.write_text(json.dumps(rows, indent=1))
 
-    none = rows["none"]
-    print(f"answer loss without an adapter: {none:.4f} nats/token ({len(examples)} held-out questions)")
+    none, doc_none = rows["none"], rows["doc_none"]
+    print(f"answer loss without an adapter: {none:.4f} nats/token ({len(examples)} held-out questions); "
+          f"passage loss: {doc_none:.4f} ({len(docs)} paragraphs)")
     print("| step | loss own | loss wrong doc | lift (nats) | share of lift lost | loss own + 2 others "
-          "| lift merged (nats) | lift mean-merged | mean pairwise cosine | F1 hyper | F1 wrong doc | F1 closed |")
-    print("|---" * 12 + "|")
-    order = [k for k in rows if k not in ("none", "exact")]
+          "| lift merged (nats) | lift mean-merged | mean pairwise cosine | passage lift, own | passage lift, "
+          "wrong doc | F1 hyper | F1 wrong doc | F1 closed |")
+    print("|---" * 14 + "|")
+    order = [k for k in rows if k not in ("none", "doc_none", "exact")]
     for key in ["exact"] * ("exact" in rows) + sorted(order, key=lambda k: rows[k]["step"]):
         r = rows[key]
         lost = specificity(-none, -r["own"], -r["wrong"])["share_of_lift_lost"]
@@ -128,7 +144,7 @@ def main() -> None:
         f1_cells = f"{f1['hyper']:.3f} | {f1['wrong']:.3f} | {f1['closed']:.3f}" if f1 else "| |"
         print(f"| {r['step']} | {r['own']:.4f} | {r['wrong']:.4f} | {none - r['own']:+.4f} | {lost:.2f} "
               f"| {r['merged3']:.4f} | {none - r['merged3']:+.4f} | {none - r['merged3_mean']:+.4f} | {r['cosine']:.3f} "
-              f"| {f1_cells} |")
+              f"| {doc_none - r['doc_own']:+.4f} | {doc_none - r['doc_wrong']:+.4f} | {f1_cells} |")
 
 
 if __name__ == "__main__":

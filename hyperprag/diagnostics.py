@@ -14,8 +14,8 @@ from contextlib import nullcontext
 import torch
 
 from .adapter import DocAdapter
-from .data import QAExample
-from .hyper_objectives import answer_logits, lm_loss, qa_batches
+from .data import Passage, QAExample
+from .hyper_objectives import answer_logits, lm_loss, passage_batch, qa_batches
 from .inject import lora_hooks
 
 
@@ -93,9 +93,24 @@ def answer_loss(model, tokenizer, examples: Sequence[QAExample], adapters: Seque
     """
     if len(examples) != len(adapters) or not examples:
         raise ValueError("need one adapter (or None) per question, and at least one question")
+    return _mean_loss(model, [qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])[0]
+                              for ex in examples], adapters)
+
+
+@torch.inference_mode()
+def passage_loss(model, tokenizer, docs: Sequence[Passage], adapters: Sequence[DocAdapter | None],
+                 max_words: int = 64) -> float:
+    """Mean over documents of the loss (nats per token) on each one's own first words after its
+    title, with its adapter and without it in the prompt: the doc objective, measured. Does an
+    adapter hold its passage, and only its own (compare another document's adapter)?"""
+    if len(docs) != len(adapters) or not docs:
+        raise ValueError("need one adapter (or None) per document, and at least one document")
+    return _mean_loss(model, [passage_batch(tokenizer, [d], max_words) for d in docs], adapters)
+
+
+def _mean_loss(model, batches: Sequence, adapters: Sequence[DocAdapter | None]) -> float:
     total = 0.0
-    for ex, ad in zip(examples, adapters):
-        batch, _ = qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])
+    for batch, ad in zip(batches, adapters):
         with lora_hooks(model, ad.factors, scaling=ad.scaling) if ad is not None else nullcontext():
             total += lm_loss(answer_logits(model, batch), batch).item()
-    return total / len(examples)
+    return total / len(batches)

@@ -69,3 +69,23 @@ def test_answer_loss_with_and_without_per_question_adapters(tokenizer):
     assert answer_loss(model, tokenizer, exs, [ad, None]) != pytest.approx(base, rel=1e-3)
     with pytest.raises(ValueError):
         answer_loss(model, tokenizer, exs, [None])
+
+
+def test_passage_loss_scores_each_document_after_its_title_with_its_own_adapter(tokenizer):
+    from hyperprag.data import Passage
+    from hyperprag.diagnostics import passage_loss
+    from hyperprag.hyper_objectives import answer_batch, answer_logits, lm_loss
+
+    model = tiny_model()
+    docs = [Passage("Glass Regatta", "The Glass Regatta is rowed on Lake Ennisar every spring, " * 10),
+            Passage("", "Kelmash is a stew of smoked barley and plum.")]
+    base = passage_loss(model, tokenizer, docs, [None, None], max_words=8)
+    # By hand: the title then a colon as the prompt, the first 8 words (not the 80) as the target.
+    by_hand = [lm_loss(answer_logits(model, b), b).item() for b in
+               (answer_batch(tokenizer, ["Glass Regatta:"], ["The Glass Regatta is rowed on Lake Ennisar"]),
+                answer_batch(tokenizer, [""], ["Kelmash is a stew of smoked barley and"]))]
+    assert base == pytest.approx(sum(by_hand) / 2, rel=1e-5)
+    ad = random_adapter(model, 1, scaling=200.0)
+    assert passage_loss(model, tokenizer, docs, [ad, None], max_words=8) != pytest.approx(base, rel=1e-3)
+    with pytest.raises(ValueError):
+        passage_loss(model, tokenizer, docs, [None])
