@@ -53,7 +53,11 @@ def complete(row: dict) -> bool:
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
-    """(step, dir) in training order; ``final`` carries the run's last step."""
+    """(step, dir) in training order; ``final`` carries the run's last step. A checkpoint directory
+    itself (the shipped one) is one snapshot, at the last step of its training log."""
+    if (run / "model.safetensors").exists():
+        log = run / "training_log.jsonl"
+        return [(json.loads(log.read_text().splitlines()[-1])["step"] if log.exists() else 0, run)]
     found = [(int(m.group(1)), p) for p in run.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))]
     final = run / "final"
     if (final / "model.safetensors").exists():
@@ -64,7 +68,7 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="a training run's out dir (with step-N/ and final/)")
+    ap.add_argument("run", type=Path, help="a training run's out dir (with step-N/ and final/), or a checkpoint dir")
     ap.add_argument("--f1", nargs="*", type=int, default=None, metavar="STEP",
                     help="also run the bench (greedy F1, ~5 min a snapshot) at these steps (none given: all)")
     ap.add_argument("--exact-store", type=Path, default=None,

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--limit", type=int, default=None, help="only the first N passages in all")
     aug.add_argument("--model", default=None, help="base model directory (default: packaged Gemma 3 270M)")
     aug.add_argument("--batch-size", type=int, default=8,
-                     help="passages generated for at a time (default 8, the exact encoder's: the cache "
+                     help="passages generated at a time (default 8, the exact encoder's: the cache "
                           "directory depends on it)")
     aug.add_argument("--n-rewrites", type=int, default=1, help="rewrites per passage (default 1)")
     aug.add_argument("--n-qa", type=int, default=3, help="QA pairs per passage (default 3)")

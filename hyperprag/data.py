@@ -199,7 +199,7 @@ def spread_questions(examples: Sequence[QAExample], n: int | None, per_doc: int 
     return out
 
 
-def passages_of(path: str | Path, skip_first: int = 0) -> list:
+def passages_of(path: str | Path, skip_first: int = 0) -> list[Passage]:
     """A file's distinct passages: a corpus JSONL, or a question file's, less those of its first
     ``skip_first`` questions."""
     try:
