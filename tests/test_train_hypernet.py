@@ -126,6 +126,7 @@ def test_doc_objective_trains_on_question_free_passages(tmp_path, setup):
     assert "passages: 2 without questions, for the doc objective" in (tmp_path / "stdout.txt").read_text()
     first, last = (sum(r["doc"] for r in part) / 3 for part in (log[:3], log[-3:]))
     assert last < first * 0.9, (first, last)
+    assert all("doc_no_adapter_this_step" in r for r in log)  # the same passages without an adapter
 
 
 def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, setup):

@@ -243,14 +243,14 @@ def main() -> None:
         own_sets = torch.tensor([[r, *o[: k - 1]] for r, o in zip(rows, others)], device=accelerator.device)
         with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_sets), scaling=scaling):
             s_logits = answer_logits(model, student)
-        losses = {}
+        losses, scored = {}, {"lm": student}  # scored: each answer loss's batch, for the paired log
         if weights.get("lm"):
             losses["lm"] = lm_loss(s_logits, student)
         if drawn:
             own_only = torch.arange(len(idx), len(idx) + len(drawn), device=accelerator.device).unsqueeze(1)
-            batch = passage_batch(tokenizer, [pool[i] for i in drawn], cfg["doc_words"])
+            scored["doc"] = passage_batch(tokenizer, [pool[i] for i in drawn], cfg["doc_words"])
             with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_only), scaling=scaling):
-                losses["doc"] = lm_loss(answer_logits(model, batch), batch)
+                losses["doc"] = lm_loss(answer_logits(model, scored["doc"]), scored["doc"])
         if weights.get("kl"):
             with torch.no_grad():
                 t_logits = answer_logits(model, teacher)
@@ -281,11 +281,13 @@ def main() -> None:
         for k, v in [("loss", loss), *losses.items()]:
             running[k] = running.get(k, 0.0) + v.item()
         paired = {}
-        if (step + 1) % cfg["log_every"] == 0 and "lm" in losses:
-            # The same batch's answer loss without any adapter: is the generated adapter helping?
+        if (step + 1) % cfg["log_every"] == 0:
+            # The same batch's losses without any adapter: is the generated adapter helping?
             with torch.no_grad():
-                paired = {"lm_this_step": losses["lm"].item(),
-                          "lm_no_adapter_this_step": lm_loss(answer_logits(model, student), student).item()}
+                for name, b in scored.items():
+                    if name in losses:
+                        paired |= {f"{name}_this_step": losses[name].item(),
+                                   f"{name}_no_adapter_this_step": lm_loss(answer_logits(model, b), b).item()}
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(hypernet.parameters(), 1.0)
         optim.step()
