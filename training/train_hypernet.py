@@ -241,8 +241,9 @@ def main() -> None:
         k = rng.randint(1, min(cfg["merge_k"], len(idx)))
         others = [rng.sample([j for j in range(len(idx)) if j != r], len(idx) - 1) for r in rows]
         own_sets = torch.tensor([[r, *o[: k - 1]] for r, o in zip(rows, others)], device=accelerator.device)
-        with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_sets), scaling=scaling):
-            s_logits = answer_logits(model, student)
+        if any(weights.get(w) for w in ("lm", "kl", "contrast")):  # a doc-only run needs no answers
+            with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_sets), scaling=scaling):
+                s_logits = answer_logits(model, student)
         losses, scored = {}, {"lm": student}  # scored: each answer loss's batch, for the paired log
         if weights.get("lm"):
             losses["lm"] = lm_loss(s_logits, student)
