@@ -16,12 +16,17 @@ from .models import model_id
 class EmbeddingSource(Protocol):
     id: str
     dim: int
+    # True: embed() gives one vector per token, (batch, tokens, dim), zero rows as padding, for the
+    # hypernetwork's attention reader. False: one vector per document, (batch, dim).
+    per_token: bool
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor: ...
 
 
 class SentenceEmbedding:
     """A sentence-transformers embedder (default all-MiniLM-L6-v2, 384-d), normalised."""
+
+    per_token = False
 
     def __init__(self, name_or_path: str | None = None, embedder=None):
         self.embedder = embedder or load_embedder(name_or_path)
@@ -39,6 +44,8 @@ class HiddenStateEmbedding:
     This reads the document the way the model that will be adapted reads it; it costs one forward
     pass of the base model per document instead of one of a small embedder.
     """
+
+    per_token = False
 
     def __init__(self, model, tokenizer, layers: Sequence[int] | None = None, max_tokens: int = 512):
         self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
@@ -72,6 +79,8 @@ class TokenEmbedding:
     millisecond), so the hypernetwork, not the embedder, sets the encoding cost.
     """
 
+    per_token = False
+
     def __init__(self, model, tokenizer, max_tokens: int = 512):
         self.table, self.tokenizer, self.max_tokens = model.get_input_embeddings(), tokenizer, max_tokens
         self.id = f"tokens:{model_id(model)}"
@@ -90,9 +99,36 @@ class TokenEmbedding:
         return torch.nn.functional.normalize(sums, dim=-1).cpu()
 
 
+class TokenSequence:
+    """The base model's own input embedding of every token, unpooled: what the attention reader
+    attends over. Like ``TokenEmbedding`` it needs no forward pass, so it is cheap enough to compute
+    for each training batch instead of holding a corpus's tokens in memory.
+
+    Padding rows are exact zeros (no token of a trained table embeds to exactly zero).
+    """
+
+    per_token = True
+
+    def __init__(self, model, tokenizer, max_tokens: int = 256):
+        self.table, self.tokenizer, self.max_tokens = model.get_input_embeddings(), tokenizer, max_tokens
+        self.id = f"token-seq:{model_id(model)}"
+        self.dim = model.config.hidden_size
+
+    @torch.no_grad()  # not inference_mode: the recipe trains on these tensors, batch by batch
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens, add_special_tokens=False,
+                             return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+        if any(not doc for doc in ids):
+            raise ValueError("a document with no tokens cannot be embedded token by token")
+        out = torch.zeros(len(ids), max(len(doc) for doc in ids), self.dim)
+        for i, doc in enumerate(ids):
+            out[i, : len(doc)] = self.table(torch.tensor(doc, device=self.table.weight.device)).float().cpu()
+        return out
+
+
 def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
-    """``sentence`` / ``sentence:PATH``, ``hidden`` / ``hidden:MODEL:L1,L2`` or ``tokens`` /
-    ``tokens:MODEL`` (as saved in checkpoints)."""
+    """``sentence`` / ``sentence:PATH``, ``hidden`` / ``hidden:MODEL:L1,L2``, ``tokens`` /
+    ``tokens:MODEL`` or ``token-seq`` / ``token-seq:MODEL`` (as saved in checkpoints)."""
     kind, _, rest = spec.partition(":")
     if kind == "sentence":
         return SentenceEmbedding(None if rest in ("", DEFAULT_EMBEDDER_ID) else rest)
@@ -101,4 +137,6 @@ def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
         return HiddenStateEmbedding(model, tokenizer, layers)
     if kind == "tokens":
         return TokenEmbedding(model, tokenizer)
-    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden' or 'tokens'")
+    if kind == "token-seq":
+        return TokenSequence(model, tokenizer)
+    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden', 'tokens' or 'token-seq'")

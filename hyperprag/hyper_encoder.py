@@ -110,7 +110,9 @@ class HyperEncoder(DocumentEncoder):
 
     @classmethod
     def create(cls, model, source: EmbeddingSource, **hyper_kw) -> HyperEncoder:
-        """A freshly initialised hypernetwork for ``model`` (to be trained)."""
+        """A freshly initialised hypernetwork for ``model`` (to be trained); a per-token source gets
+        the attention reader."""
         targets = find_ffn_targets(model)
-        hypernet = HyperNetwork(HyperNetConfig.from_targets(targets, source.dim, **hyper_kw))
+        reader = "attention" if getattr(source, "per_token", False) else "pooled"
+        hypernet = HyperNetwork(HyperNetConfig.from_targets(targets, source.dim, reader=reader, **hyper_kw))
         return cls(hypernet, source, model_id(model), targets)

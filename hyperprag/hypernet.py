@@ -4,9 +4,17 @@ One compact trunk is shared by all (layer, module) pairs, told apart by learned 
 embeddings (the Text-to-LoRA design) rather than one MLP per module (DyPRAG's 37.8M parameters).
 Heads are per role because gate/up and down have different shapes. The output has the exact
 encoder's rank and scaling, so merge and injection are shared code.
+
+Two readers of the document. ``pooled`` takes one vector per document. ``attention`` takes one
+vector per token (Doc-to-LoRA's reading of token activations rather than one pooled vector): a
+learned query per (layer, role, factor, rank) attends over the tokens, and the attended mix of
+token vectors is mapped linearly onto that factor. A pooled vector blurs the words a passage is
+made of; with the base model's own token embeddings as input, an adapter can write those very
+words' directions (the LM head is tied to them in Gemma) into the residual stream.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -36,6 +44,9 @@ class HyperNetConfig:
     # documents (a buffer set by the recipe). Without it, a probe learned a pairwise cosine of
     # 0.999; centring the input embedding instead still gave 0.979.
     center: bool = False
+    # "pooled": (batch, embed_dim) in. "attention": (batch, tokens, embed_dim) in, rows of zeros
+    # being padding. "pooled" in checkpoints from before the option.
+    reader: str = "pooled"
 
     @property
     def scaling(self) -> float:
@@ -60,16 +71,47 @@ class HyperNetwork(nn.Module):
         super().__init__()
         self.config = config
         h = config.hidden
+        if config.reader not in ("pooled", "attention"):
+            raise ValueError(f"unknown reader {config.reader!r}; use 'pooled' or 'attention'")
+        if config.reader == "attention":
+            self._init_attention_reader()
+        else:
+            self._init_pooled_reader()
+
+    def _init_shared(self) -> None:
+        """Layer and role embeddings, and the centring buffers."""
+        cfg, h = self.config, self.config.hidden
+        self.layer_embed = nn.Embedding(cfg.num_layers, h)
+        self.role_embed = nn.ParameterDict({r: nn.Parameter(torch.zeros(h)) for r in cfg.roles})
+        if cfg.center:
+            for role, (_, fan_out) in cfg.roles.items():
+                self.register_buffer(f"b_mean_{role}", torch.zeros(cfg.num_layers, fan_out, cfg.rank))
+
+    def _init_attention_reader(self) -> None:
+        cfg, h, d = self.config, self.config.hidden, self.config.embed_dim
+        self._init_shared()
+        nn.init.normal_(self.layer_embed.weight, std=0.02)
+        self.token_norm = nn.LayerNorm(d)
+        self.key = nn.Linear(d, h)
+        self.slot_embed = nn.Parameter(torch.randn(2 * cfg.rank, h) * 0.02)  # A rows, then B columns
+        # Per role, the attended token mix -> an A row (fan_in) and a B column (fan_out), the same
+        # maps in every layer: the layer's queries choose what each layer's factors are made of.
+        self.read_a = nn.ModuleDict({r: nn.Linear(d, fan_in) for r, (fan_in, _) in cfg.roles.items()})
+        self.read_b = nn.ModuleDict({r: nn.Linear(d, fan_out) for r, (_, fan_out) in cfg.roles.items()})
+        for role, (fan_in, _) in cfg.roles.items():  # a LoRA's init, as for the pooled heads below
+            for lin in (self.read_a[role], self.read_b[role]):
+                nn.init.normal_(lin.weight, std=cfg.init_scale / d ** 0.5)
+                nn.init.zeros_(lin.bias)
+            nn.init.uniform_(self.read_a[role].bias, -1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
+
+    def _init_pooled_reader(self) -> None:
+        config, h = self.config, self.config.hidden
         self.trunk = nn.Sequential(nn.LayerNorm(config.embed_dim), nn.Linear(config.embed_dim, h), nn.GELU(),
                                    nn.Linear(h, h))
-        self.layer_embed = nn.Embedding(config.num_layers, h)
-        self.role_embed = nn.ParameterDict({r: nn.Parameter(torch.zeros(h)) for r in config.roles})
+        self._init_shared()
         self.mixer = nn.Sequential(nn.GELU(), nn.LayerNorm(h), nn.Linear(h, h), nn.GELU())
         self.heads = nn.ModuleDict({r: nn.Linear(h, config.rank * (fan_in + fan_out))
                                     for r, (fan_in, fan_out) in config.roles.items()})
-        if config.center:
-            for role, (_, fan_out) in config.roles.items():
-                self.register_buffer(f"b_mean_{role}", torch.zeros(config.num_layers, fan_out, config.rank))
         nn.init.normal_(self.layer_embed.weight, std=0.02)
         # Like a LoRA's init: A starts as a random projection (in the bias, PEFT's kaiming range), B
         # near zero. Were both near zero, each factor's gradient (proportional to the other) would vanish.
@@ -81,8 +123,8 @@ class HyperNetwork(nn.Module):
                 head.bias[: config.rank * fan_in].uniform_(-1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
 
     def forward(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``embeddings`` (batch, embed_dim) -> per role (A, B) of shapes
-        (batch, layers, r, in) and (batch, layers, out, r)."""
+        """``embeddings`` (batch, embed_dim), or (batch, tokens, embed_dim) for the attention reader,
+        -> per role (A, B) of shapes (batch, layers, r, in) and (batch, layers, out, r)."""
         out = self._generate(embeddings)
         if not self.config.center:
             return out
@@ -93,17 +135,44 @@ class HyperNetwork(nn.Module):
         return {r: (a, b - getattr(self, f"b_mean_{r}")) for r, (a, b) in out.items()}
 
     @torch.no_grad()
-    def set_center(self, embeddings: torch.Tensor, batch_size: int = 256) -> None:
-        """Store the mean generated B over ``embeddings`` (the training documents) for inference."""
-        sums = None
-        for start in range(0, embeddings.shape[0], batch_size):
-            out = self._generate(embeddings[start:start + batch_size])
-            part = {r: b.sum(0) for r, (_, b) in out.items()}
+    def set_center(self, batches: Iterable[torch.Tensor]) -> None:
+        """Store the mean generated B over the training documents' embeddings, given in batches
+        (token-level embeddings of a whole corpus would not fit in memory at once), for inference."""
+        sums, count = None, 0
+        for emb in batches:
+            part = {r: b.sum(0) for r, (_, b) in self._generate(emb).items()}
             sums = part if sums is None else {r: sums[r] + part[r] for r in sums}
+            count += emb.shape[0]
+        if not count:
+            raise ValueError("set_center needs the embeddings of at least one document")
         for r, total in sums.items():
-            getattr(self, f"b_mean_{r}").copy_(total / embeddings.shape[0])
+            getattr(self, f"b_mean_{r}").copy_(total / count)
 
     def _generate(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        want = 3 if self.config.reader == "attention" else 2
+        if embeddings.dim() != want:
+            raise ValueError(f"the {self.config.reader} reader takes {want}-d embeddings, got shape "
+                             f"{tuple(embeddings.shape)}: is the embedding source the one it was built for?")
+        return self._attend(embeddings) if want == 3 else self._pool(embeddings)
+
+    def _attend(self, tokens: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.config
+        padding = tokens.abs().sum(-1) == 0                              # (b, t)
+        x = self.token_norm(tokens)                                      # (b, t, d)
+        keys = self.key(x)                                               # (b, t, h)
+        out = {}
+        for role in cfg.roles:
+            queries = self.layer_embed.weight[:, None] + self.slot_embed[None] + self.role_embed[role]  # (L, 2r, h)
+            scores = torch.einsum("lsh,bth->blst", queries, keys) / cfg.hidden ** 0.5
+            weights = scores.masked_fill(padding[:, None, None, :], float("-inf")).softmax(-1)
+            mixed = torch.einsum("blst,btd->blsd", weights, x)                # (b, L, 2r, d)
+            ra, rb = self.read_a[role], self.read_b[role]
+            a = F.linear(mixed[:, :, : cfg.rank], ra.weight) * cfg.head_multiplier + ra.bias   # (b, L, r, in)
+            b = F.linear(mixed[:, :, cfg.rank:], rb.weight) * cfg.head_multiplier + rb.bias    # (b, L, r, out)
+            out[role] = (a, rearrange(b, "b l r o -> b l o r"))
+        return out
+
+    def _pool(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.config
         doc = self.trunk(embeddings)                                     # (b, h)
         layers = self.layer_embed.weight                                 # (L, h)

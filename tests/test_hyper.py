@@ -78,7 +78,7 @@ def test_centred_hypernet_removes_the_common_part(tmp_path):
     with pytest.raises(ValueError, match="at least two documents"):
         net(emb[:1])
     net.eval()
-    net.set_center(emb)
+    net.set_center([emb[:2], emb[2:]])  # in batches, as the recipe gives a corpus
     for _, b in net(emb).values():  # inference: the stored mean over the "training" documents
         assert torch.allclose(b.mean(0), torch.zeros_like(b[0]), atol=1e-6)
     x, y, _ = enc.encode(DOCS)
@@ -195,3 +195,52 @@ def test_generated_adapters_are_averaged_by_default_and_trained_ones_summed(tmp_
     assert mean.extra["method"] == "mean" and total.extra["method"] == "sum"
     name = next(iter(mean.factors))
     assert torch.allclose(mean.delta(name) * 2, total.delta(name), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_token_sequence_source_gets_the_attention_reader_at_exact_shapes(arch, tokenizer):
+    from hyperprag.embeddings import build_source
+
+    model = tiny_model(arch)
+    src = build_source("token-seq", model, tokenizer)
+    emb = src.embed(["short", "a longer text here"])
+    ids = tokenizer("a longer text here", add_special_tokens=False)["input_ids"]
+    assert emb.shape == (2, len(ids), model.config.hidden_size)
+    # What the model itself feeds its first layer (Gemma's embedding module scales the table).
+    assert torch.equal(emb[1], model.get_input_embeddings()(torch.tensor(ids)).detach())
+    short = len(tokenizer("short", add_special_tokens=False)["input_ids"])
+    assert emb[0, short:].abs().sum() == 0  # padding rows are zeros
+    enc = HyperEncoder.create(model, src, rank=2, alpha=32, hidden=32)
+    assert enc.hypernet.config.reader == "attention"
+    for ad in enc.encode(DOCS):
+        for t in find_ffn_targets(model):
+            a, b = ad.factors[t.name]
+            assert a.shape == (2, t.in_features) and b.shape == (t.out_features, 2)
+    with pytest.raises(ValueError, match="the attention reader takes 3-d embeddings"):
+        enc.hypernet(torch.randn(2, model.config.hidden_size))
+
+
+def test_attention_reader_ignores_padding_and_reads_every_token(tmp_path, tokenizer):
+    """Batched encode equals one-by-one although shorter documents are padded, and changing one
+    word changes the adapter."""
+    from hyperprag.embeddings import build_source
+
+    model = tiny_model()
+    enc = HyperEncoder.create(model, build_source("token-seq", model, tokenizer), hidden=32, center=True)
+    with torch.no_grad():  # a trained net, not the near-uniform init, so that attention matters
+        for p in enc.hypernet.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    enc.hypernet.set_center([enc.source.embed([d.text for d in DOCS])])
+    batched = enc.encode(DOCS)
+    for x, d in zip(batched, DOCS):
+        y = enc.encode([d])[0]
+        for name in x.factors:
+            assert torch.allclose(x.factors[name][0], y.factors[name][0], atol=1e-5)
+            assert torch.allclose(x.factors[name][1], y.factors[name][1], atol=1e-5)
+    changed = enc.encode([Passage("A", DOCS[0].text.replace("Ennisar", "Orrun"))])[0]
+    name = next(iter(changed.factors))
+    assert not torch.allclose(changed.delta(name), batched[0].delta(name), atol=1e-6)
+    enc.save_pretrained(tmp_path)
+    back = HyperEncoder.from_pretrained(tmp_path, model, tokenizer)
+    assert back.hypernet.config.reader == "attention" and back.source.id == "token-seq:tiny-llama"
+    assert torch.equal(back.encode(DOCS[:1])[0].factors[name][1], batched[0].factors[name][1])

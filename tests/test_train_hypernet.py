@@ -39,9 +39,9 @@ def setup(tmp_path, tokenizer):
 
 
 def launch(tmp_path, model_dir, data, processes: int, steps: int, out: str,
-           weights: str = "{lm: 1.0, kl: 0.5}", extra: str = ""):
+           weights: str = "{lm: 1.0, kl: 0.5}", extra: str = "", embedding: str = "hidden"):
     config = tmp_path / "cfg.yaml"
-    config.write_text(f"model: {model_dir}\nembedding: hidden\ndata: [{data}]\nheldout_pct: 0\nhidden: 32\n"
+    config.write_text(f"model: {model_dir}\nembedding: {embedding}\ndata: [{data}]\nheldout_pct: 0\nhidden: 32\n"
                       f"steps: {steps}\ndocs_per_step: 4\nlr: 3.0e-2\nwarmup: 1\nsave_every: 5\nlog_every: 1\n"
                       f"weights: {weights}\nout: {tmp_path / out}\n{extra}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -127,6 +127,19 @@ def test_doc_objective_trains_on_question_free_passages(tmp_path, setup):
     first, last = (sum(r["doc"] for r in part) / 3 for part in (log[:3], log[-3:]))
     assert last < first * 0.9, (first, last)
     assert all("doc_no_adapter_this_step" in r for r in log)  # the same passages without an adapter
+
+
+def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_path, setup):
+    model_dir, data = setup
+    log = launch(tmp_path, model_dir, data, 1, steps=20, out="run", weights="{lm: 1.0, kl: 0.0}",
+                 extra="center: true\n", embedding="token-seq")
+    first, last = (sum(r["lm"] for r in part) / 3 for part in (log[:3], log[-3:]))
+    assert last < first * 0.9, (first, last)
+    from hyperprag.models import load_base_model
+
+    enc = HyperEncoder.from_pretrained(tmp_path / "run" / "final", *load_base_model(str(model_dir)))
+    assert enc.hypernet.config.reader == "attention"
+    assert enc.hypernet.b_mean_down.abs().sum() > 0  # the centre, set from batches of the pool
 
 
 def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, setup):

@@ -154,7 +154,15 @@ def main() -> None:
         log(f"passages: {len(pool) - len(train_docs)} without questions, for the doc objective")
     log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}) on {accelerator.device}")
     log(f"documents: {len(train_docs)} train, {len(heldout)} held aside; embedding {source.id}")
-    embeddings = source.embed([d.text for d in pool])  # every source batches internally; train docs first
+    # Pooled embeddings of the whole pool are computed once (every source batches internally);
+    # per-token ones would not fit in memory, and are looked up for each batch instead.
+    embeddings = None if source.per_token else source.embed([d.text for d in pool])
+
+    def embed(rows: list[int]) -> torch.Tensor:
+        """Embeddings of these pool rows (the training documents come first)."""
+        out = embeddings[rows] if embeddings is not None else source.embed([pool[i].text for i in rows])
+        return out.to(accelerator.device)
+
     # None: 1/hidden, which trains the heads at a LoRA's pace (see HyperNetConfig.head_multiplier)
     head_mult = cfg["head_multiplier"] if cfg["head_multiplier"] is not None else 1.0 / cfg["hidden"]
     encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
@@ -196,7 +204,8 @@ def main() -> None:
             snapshot = HyperEncoder(copy.deepcopy(accelerator.unwrap_model(hypernet)).eval(), source,
                                     encoder.base_model, encoder.targets)
             if cfg["center"]:
-                snapshot.hypernet.set_center(embeddings.to(accelerator.device))
+                snapshot.hypernet.set_center(embed(list(range(s, min(s + 256, len(pool)))))
+                                             for s in range(0, len(pool), 256))
             snapshot.save_pretrained(path)
             log(f"saved {path}")
 
@@ -225,7 +234,7 @@ def main() -> None:
         idx = rng.sample(range(len(train_docs)), min(cfg["docs_per_step"], len(train_docs)))
         # Rows past the batch's documents: passages drawn for the doc objective alone.
         drawn = rng.sample(range(len(pool)), min(cfg["passages_per_step"], len(pool)))
-        out_f = hypernet(embeddings[idx + drawn].to(accelerator.device))
+        out_f = hypernet(embed(idx + drawn))
         rows, docs, questions, answers = [], [], [], []
         for r, i in enumerate(idx):
             doc, qa = train_docs[i]
