@@ -47,6 +47,12 @@ class HyperNetConfig:
     # "pooled": (batch, embed_dim) in. "attention": (batch, tokens, embed_dim) in, rows of zeros
     # being padding. "pooled" in checkpoints from before the option.
     reader: str = "pooled"
+    # Attention reader only: a factor living in the token vectors' own space (gate/up's A reads the
+    # residual stream, down's B writes to it, when the source is the model's input embeddings) also
+    # gets the attended tokens' unit vectors themselves, times a learned gain per (layer, slot) that
+    # starts at 0. Then an adapter can fire on a passage's words (A) and write a passage's words (B;
+    # Gemma's LM head is its input embedding) without first learning a map to do so.
+    copy_tokens: bool = False
 
     @property
     def scaling(self) -> float:
@@ -73,6 +79,8 @@ class HyperNetwork(nn.Module):
         h = config.hidden
         if config.reader not in ("pooled", "attention"):
             raise ValueError(f"unknown reader {config.reader!r}; use 'pooled' or 'attention'")
+        if config.copy_tokens and config.reader != "attention":
+            raise ValueError("copy_tokens needs the attention reader (a per-token embedding source, token-seq)")
         if config.reader == "attention":
             self._init_attention_reader()
         else:
@@ -98,6 +106,12 @@ class HyperNetwork(nn.Module):
         # maps in every layer: the layer's queries choose what each layer's factors are made of.
         self.read_a = nn.ModuleDict({r: nn.Linear(d, fan_in) for r, (fan_in, _) in cfg.roles.items()})
         self.read_b = nn.ModuleDict({r: nn.Linear(d, fan_out) for r, (_, fan_out) in cfg.roles.items()})
+        if cfg.copy_tokens:
+            self.copy_gain = nn.ParameterDict({
+                f"{role}_{factor}": nn.Parameter(torch.zeros(cfg.num_layers, cfg.rank))
+                for role, dims in cfg.roles.items() for factor, dim in zip("ab", dims) if dim == d})
+            if not self.copy_gain:
+                raise ValueError(f"copy_tokens: no target reads or writes vectors of the source's size {d}")
         for role, (fan_in, _) in cfg.roles.items():  # a LoRA's init, as for the pooled heads below
             for lin in (self.read_a[role], self.read_b[role]):
                 nn.init.normal_(lin.weight, std=cfg.init_scale / d ** 0.5)
@@ -169,6 +183,14 @@ class HyperNetwork(nn.Module):
             ra, rb = self.read_a[role], self.read_b[role]
             a = F.linear(mixed[:, :, : cfg.rank], ra.weight) * cfg.head_multiplier + ra.bias   # (b, L, r, in)
             b = F.linear(mixed[:, :, cfg.rank:], rb.weight) * cfg.head_multiplier + rb.bias    # (b, L, r, out)
+            if cfg.copy_tokens:
+                # Unit vectors times sqrt(d): entries of order 1, so the gains move a factor at the
+                # pace Adam moves a LoRA's own entries (as head_multiplier does for the heads).
+                words = torch.einsum("blst,btd->blsd", weights, F.normalize(tokens, dim=-1)) * tokens.shape[-1] ** 0.5
+                if f"{role}_a" in self.copy_gain:
+                    a = a + self.copy_gain[f"{role}_a"][..., None] * words[:, :, : cfg.rank]
+                if f"{role}_b" in self.copy_gain:
+                    b = b + self.copy_gain[f"{role}_b"][..., None] * words[:, :, cfg.rank:]
             out[role] = (a, rearrange(b, "b l r o -> b l o r"))
         return out
 

@@ -244,3 +244,33 @@ def test_attention_reader_ignores_padding_and_reads_every_token(tmp_path, tokeni
     back = HyperEncoder.from_pretrained(tmp_path, model, tokenizer)
     assert back.hypernet.config.reader == "attention" and back.source.id == "token-seq:tiny-llama"
     assert torch.equal(back.encode(DOCS[:1])[0].factors[name][1], batched[0].factors[name][1])
+
+
+def test_copy_path_writes_the_attended_words_themselves(tokenizer):
+    """With copy_tokens, a factor in the token vectors' space gets their unit mix times a gain that
+    starts at 0: the same adapters as without it at init, and exactly the words (scaled to entries
+    of order 1) when set."""
+    from hyperprag.embeddings import build_source
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    model = tiny_model("gemma3_text")
+    src = build_source("token-seq", model, tokenizer)
+    targets = find_ffn_targets(model)
+    torch.manual_seed(0)
+    plain = HyperNetwork(HyperNetConfig.from_targets(targets, src.dim, hidden=32, reader="attention"))
+    torch.manual_seed(0)
+    net = HyperNetwork(HyperNetConfig.from_targets(targets, src.dim, hidden=32, reader="attention", copy_tokens=True))
+    assert sorted(net.copy_gain) == ["down_b", "gate_a", "up_a"]  # the factors of the residual's size
+    emb = src.embed([d.text for d in DOCS])
+    with torch.no_grad():
+        for (a0, b0), (a1, b1) in zip(plain(emb).values(), net(emb).values()):
+            assert torch.equal(a0, a1) and torch.equal(b0, b1)
+        net.copy_gain["down_b"].fill_(1.0)
+        for p in (net.read_b["down"].weight, net.read_b["down"].bias, net.key.weight, net.key.bias):
+            p.zero_()  # uniform attention, no learned part: B is the mean of the unit token vectors
+        _, b = net(emb[:1])["down"]
+        n = len(tokenizer(DOCS[0].text, add_special_tokens=False)["input_ids"])
+        words = torch.nn.functional.normalize(emb[0, :n], dim=-1).mean(0) * src.dim ** 0.5
+        assert torch.allclose(b[0, 0, :, 0], words, atol=1e-6)
+    with pytest.raises(ValueError, match="copy_tokens needs the attention reader"):
+        HyperNetwork(HyperNetConfig.from_targets(targets, src.dim, copy_tokens=True))

@@ -60,7 +60,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
-    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
+    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64, "skip_first_questions": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
@@ -166,7 +166,7 @@ def main() -> None:
     # None: 1/hidden, which trains the heads at a LoRA's pace (see HyperNetConfig.head_multiplier)
     head_mult = cfg["head_multiplier"] if cfg["head_multiplier"] is not None else 1.0 / cfg["hidden"]
     encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
-                                  head_multiplier=head_mult, center=cfg["center"])
+                                  head_multiplier=head_mult, center=cfg["center"], copy_tokens=cfg["copy_tokens"])
     scaling = encoder.hypernet.config.scaling
     log(f"hypernetwork: {encoder.hypernet.num_parameters():,} parameters")
     recon_store = AdapterStore(cfg["recon_store"]) if cfg["weights"].get("recon") else None
