@@ -9,7 +9,8 @@ on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never train
   Loss moves long before greedy F1 does, so it shows a trend 100 questions of F1 cannot;
 - the mean pairwise cosine of the 20 generated deltas (collapse: near 1);
 - the passage loss of the 20 paragraphs (their first 64 words after the title, not in the prompt)
-  with their own adapter and with another's: does an adapter hold its own passage?
+  with their own adapter and with another's: does an adapter hold its own passage? And on how
+  many of the 20 does the own adapter beat the other's?
 - with ``--f1``, greedy F1 via ``hyperprag bench --modes closed hyper`` (as in hyper_ablation.py);
 - with ``--exact-store``, the same losses for the trained (exact, reference recipe) adapters of
   those paragraphs: the yardstick in nats.
@@ -45,7 +46,8 @@ from hyperprag.models import load_base_model, model_id
 from hyperprag.store import AdapterStore
 
 DATA = "../shared/data/squad.jsonl"
-MEASURES = ("own", "wrong", "merged3", "merged3_mean", "cosine", "doc_own", "doc_wrong")  # a row of the curve
+# A row of the curve.
+MEASURES = ("own", "wrong", "merged3", "merged3_mean", "cosine", "doc_own", "doc_wrong", "doc_wins")
 
 
 def complete(row: dict) -> bool:
@@ -111,7 +113,12 @@ def main() -> None:
                                                         [merge_adapters(s, "mean") for s in sets]),
                     "cosine": lambda: mean_pairwise_cosine(by_doc),
                     "doc_own": lambda: passage_loss(model, tokenizer, docs, by_doc),
-                    "doc_wrong": lambda: passage_loss(model, tokenizer, docs, wrong_document(by_doc))}
+                    "doc_wrong": lambda: passage_loss(model, tokenizer, docs, wrong_document(by_doc)),
+                    # Paragraphs whose own adapter beats the other's (same draw): a gap in the means
+                    # could come from a few paragraphs; 20 coin flips give 10 +- 2.2.
+                    "doc_wins": lambda: sum(
+                        passage_loss(model, tokenizer, [d], [a]) < passage_loss(model, tokenizer, [d], [w])
+                        for d, a, w in zip(docs, by_doc, wrong_document(by_doc)))}
         for name, measure in measures.items():
             if name not in row:
                 row[name] = measure()
@@ -138,17 +145,18 @@ def main() -> None:
           f"passage loss: {doc_none:.4f} ({len(docs)} paragraphs)")
     print("| step | loss own | loss wrong doc | lift (nats) | share of lift lost | loss own + 2 others "
           "| lift merged (nats) | lift mean-merged | mean pairwise cosine | passage lift, own | passage lift, "
-          "wrong doc | F1 hyper | F1 wrong doc | F1 closed |")
-    print("|---" * 14 + "|")
+          "wrong doc | paragraphs own < wrong | F1 hyper | F1 wrong doc | F1 closed |")
+    print("|---" * 15 + "|")
     order = [k for k in rows if k not in ("none", "doc_none", "exact")]
     for key in ["exact"] * ("exact" in rows) + sorted(order, key=lambda k: rows[k]["step"]):
         r = rows[key]
         lost = specificity(-none, -r["own"], -r["wrong"])["share_of_lift_lost"]
         f1 = r.get("f1")
         f1_cells = f"{f1['hyper']:.3f} | {f1['wrong']:.3f} | {f1['closed']:.3f}" if f1 else "| |"
+        wins = f"{r['doc_wins']}/{len(docs)}" if "doc_wins" in r else ""  # a cached row from before the measure
         print(f"| {r['step']} | {r['own']:.4f} | {r['wrong']:.4f} | {none - r['own']:+.4f} | {lost:.2f} "
               f"| {r['merged3']:.4f} | {none - r['merged3']:+.4f} | {none - r['merged3_mean']:+.4f} | {r['cosine']:.3f} "
-              f"| {doc_none - r['doc_own']:+.4f} | {doc_none - r['doc_wrong']:+.4f} | {f1_cells} |")
+              f"| {doc_none - r['doc_own']:+.4f} | {doc_none - r['doc_wrong']:+.4f} | {wins} | {f1_cells} |")
 
 
 if __name__ == "__main__":
