@@ -132,7 +132,7 @@ def test_doc_objective_trains_on_question_free_passages(tmp_path, setup):
 def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_path, setup):
     model_dir, data = setup
     log = launch(tmp_path, model_dir, data, 1, steps=20, out="run", weights="{lm: 1.0, kl: 0.0}",
-                 extra="center: true\n", embedding="token-seq")
+                 extra="center: true\ncopy_tokens: true\n", embedding="token-seq")
     first, last = (sum(r["lm"] for r in part) / 3 for part in (log[:3], log[-3:]))
     assert last < first * 0.9, (first, last)
     from hyperprag.models import load_base_model
@@ -140,6 +140,7 @@ def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_pat
     enc = HyperEncoder.from_pretrained(tmp_path / "run" / "final", *load_base_model(str(model_dir)))
     assert enc.hypernet.config.reader == "attention"
     assert enc.hypernet.b_mean_down.abs().sum() > 0  # the centre, set from batches of the pool
+    assert all(g.abs().sum() > 0 for g in enc.hypernet.copy_gain.values())  # the copy gains, from 0, trained
 
 
 def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, setup):
