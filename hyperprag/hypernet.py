@@ -76,7 +76,6 @@ class HyperNetwork(nn.Module):
     def __init__(self, config: HyperNetConfig):
         super().__init__()
         self.config = config
-        h = config.hidden
         if config.reader not in ("pooled", "attention"):
             raise ValueError(f"unknown reader {config.reader!r}; use 'pooled' or 'attention'")
         if config.copy_tokens and config.reader != "attention":
@@ -186,7 +185,8 @@ class HyperNetwork(nn.Module):
             if cfg.copy_tokens:
                 # Unit vectors times sqrt(d): entries of order 1, so the gains move a factor at the
                 # pace Adam moves a LoRA's own entries (as head_multiplier does for the heads).
-                words = torch.einsum("blst,btd->blsd", weights, F.normalize(tokens, dim=-1)) * tokens.shape[-1] ** 0.5
+                words = torch.einsum("blst,btd->blsd", weights, F.normalize(tokens, dim=-1))
+                words = words * tokens.shape[-1] ** 0.5
                 if f"{role}_a" in self.copy_gain:
                     a = a + self.copy_gain[f"{role}_a"][..., None] * words[:, :, : cfg.rank]
                 if f"{role}_b" in self.copy_gain:

@@ -17,6 +17,8 @@ with its generated adapter and not in the prompt, as the exact recipe's rewrites
 ``passages_per_step`` passages drawn from all a step), ``kl`` (distillation from the in-context
 teacher), ``recon`` (distance to exact adapters in a store, as deltas) and ``contrast`` (a
 question's own document's adapter must beat another's).
+``embedding`` picks the document embedding: ``token-seq`` (one vector per token, looked up for
+each batch) gives the hypernetwork its attention reader, and ``copy_tokens`` its copy path.
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
 to k - 1 others, as top-k retrieval merges them.
 The run checkpoints every ``save_every`` steps and resumes from the last one; ``snapshot_every``
