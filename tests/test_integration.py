@@ -36,3 +36,23 @@ def test_loading_the_default_model_checks_its_tokenizer(real_model, monkeypatch)
     monkeypatch.setattr(models, "_TOKENIZER_PROBE_IDS", models._TOKENIZER_PROBE_IDS[:-1])
     with pytest.raises(HyperpragError, match="rebuilt the packaged Gemma 3 270M tokenizer differently"):
         models.load_base_model()
+
+
+def test_shipped_hypernetwork_holds_each_fictional_passage_and_only_its_own(real_model):
+    """The default checkpoint, found without flags, gives each document an adapter under which the
+    model predicts *that* document's text better than under another document's adapter. The facts
+    are invented, so the base model cannot know them."""
+    from hyperprag.diagnostics import passage_loss
+    from hyperprag.hyper_encoder import HyperEncoder
+
+    model, tokenizer = real_model
+    docs = [DOC,
+            Passage("Orrun Falls", "The Orrun Falls drop 212 metres into Lake Ennisar. They were first "
+                    "mapped in 1788 by the surveyor Tobiah Wend, who named them after his daughter."),
+            Passage("Kelmash", "Kelmash is a stew of smoked barley and plum from the valley of Orrun. It is "
+                    "served at the Lantern Fair each October with black rye bread.")]
+    own = HyperEncoder.from_pretrained(None, model, tokenizer).encode(docs)
+    for i, doc in enumerate(docs):
+        others = [own[j] for j in range(len(docs)) if j != i]
+        mine = passage_loss(model, tokenizer, [doc], [own[i]])
+        assert all(mine < passage_loss(model, tokenizer, [doc], [o]) for o in others), doc.title
