@@ -173,6 +173,9 @@ class HyperNetwork(nn.Module):
         padding = tokens.abs().sum(-1) == 0                              # (b, t)
         x = self.token_norm(tokens)                                      # (b, t, d)
         keys = self.key(x)                                               # (b, t, h)
+        # Copy path: unit vectors times sqrt(d), entries of order 1, so the gains move a factor at
+        # the pace Adam moves a LoRA's own entries (as head_multiplier does for the heads).
+        unit = F.normalize(tokens, dim=-1) * tokens.shape[-1] ** 0.5 if cfg.copy_tokens else None
         out = {}
         for role in cfg.roles:
             queries = self.layer_embed.weight[:, None] + self.slot_embed[None] + self.role_embed[role]  # (L, 2r, h)
@@ -183,10 +186,7 @@ class HyperNetwork(nn.Module):
             a = F.linear(mixed[:, :, : cfg.rank], ra.weight) * cfg.head_multiplier + ra.bias   # (b, L, r, in)
             b = F.linear(mixed[:, :, cfg.rank:], rb.weight) * cfg.head_multiplier + rb.bias    # (b, L, r, out)
             if cfg.copy_tokens:
-                # Unit vectors times sqrt(d): entries of order 1, so the gains move a factor at the
-                # pace Adam moves a LoRA's own entries (as head_multiplier does for the heads).
-                words = torch.einsum("blst,btd->blsd", weights, F.normalize(tokens, dim=-1))
-                words = words * tokens.shape[-1] ** 0.5
+                words = torch.einsum("blst,btd->blsd", weights, unit)
                 if f"{role}_a" in self.copy_gain:
                     a = a + self.copy_gain[f"{role}_a"][..., None] * words[:, :, : cfg.rank]
                 if f"{role}_b" in self.copy_gain:
