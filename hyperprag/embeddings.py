@@ -86,10 +86,13 @@ class TokenEmbedding:
         self.id = f"tokens:{model_id(model)}"
         self.dim = model.config.hidden_size
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens, add_special_tokens=False,
+                              return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens, add_special_tokens=False,
-                             return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+        ids = self.token_ids(texts)
         device = self.table.weight.device
         # One lookup for the whole batch, then a mean per document over its own span.
         flat = torch.tensor([t for doc in ids for t in doc], device=device)
@@ -99,7 +102,7 @@ class TokenEmbedding:
         return torch.nn.functional.normalize(sums, dim=-1).cpu()
 
 
-class TokenSequence:
+class TokenSequence(TokenEmbedding):
     """The base model's own input embedding of every token, unpooled: what the attention reader
     attends over. Like ``TokenEmbedding`` it needs no forward pass, so it is cheap enough to compute
     for each training batch instead of holding a corpus's tokens in memory.
@@ -110,14 +113,12 @@ class TokenSequence:
     per_token = True
 
     def __init__(self, model, tokenizer, max_tokens: int = 256):
-        self.table, self.tokenizer, self.max_tokens = model.get_input_embeddings(), tokenizer, max_tokens
+        super().__init__(model, tokenizer, max_tokens)
         self.id = f"token-seq:{model_id(model)}"
-        self.dim = model.config.hidden_size
 
     @torch.no_grad()  # not inference_mode: the recipe trains on these tensors, batch by batch
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens, add_special_tokens=False,
-                             return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+        ids = self.token_ids(texts)
         if any(not doc for doc in ids):
             raise ValueError("a document with no tokens cannot be embedded token by token")
         out = torch.zeros(len(ids), max(len(doc) for doc in ids), self.dim)
