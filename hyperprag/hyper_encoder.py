@@ -55,9 +55,16 @@ class HyperEncoder(DocumentEncoder):
 
     def factors(self, embeddings: torch.Tensor) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Per document, per target module (A, B); differentiable, for training."""
-        out = self.hypernet(embeddings)
-        return [{t.name: (out[t.role][0][i, t.layer], out[t.role][1][i, t.layer]) for t in self.targets}
-                for i in range(embeddings.shape[0])]
+        return self._per_document(self.hypernet(embeddings))
+
+    def _per_document(self, out: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        # unbind makes every view in one call; indexing per (document, target) cost a Python-level
+        # select each, about 0.2 ms a document at 54 targets.
+        split = {r: [(a_i.unbind(0), b_i.unbind(0)) for a_i, b_i in zip(a.unbind(0), b.unbind(0))]
+                 for r, (a, b) in out.items()}
+        n = len(next(iter(split.values())))
+        return [{t.name: (split[t.role][i][0][t.layer], split[t.role][i][1][t.layer]) for t in self.targets}
+                for i in range(n)]
 
     @torch.inference_mode()
     def encode(self, docs: Sequence[Passage], progress: bool = False) -> list[DocAdapter]:
@@ -65,9 +72,9 @@ class HyperEncoder(DocumentEncoder):
             if not d.text.strip():
                 raise HyperpragError(f"document '{d.title or d.id}' is empty")
         emb = self.source.embed([d.text for d in docs])
-        per_doc = self.factors(emb.to(next(self.hypernet.parameters()).device))
-        return [DocAdapter({n: (a.detach().cpu(), b.detach().cpu()) for n, (a, b) in f.items()},
-                           self.hypernet.config.scaling, self.base_model, self.name, self.version,
+        out = self.hypernet(emb.to(next(self.hypernet.parameters()).device))
+        per_doc = self._per_document({r: (a.cpu(), b.cpu()) for r, (a, b) in out.items()})
+        return [DocAdapter(f, self.hypernet.config.scaling, self.base_model, self.name, self.version,
                            content_hash(d.text), {"encoder_key": self.key, "embedding": self.source.id})
                 for d, f in zip(docs, per_doc)]
 

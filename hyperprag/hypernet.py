@@ -53,6 +53,11 @@ class HyperNetConfig:
     # starts at 0. Then an adapter can fire on a passage's words (A) and write a passage's words (B;
     # Gemma's LM head is its input embedding) without first learning a map to do so.
     copy_tokens: bool = False
+    # Attention reader only: each read map (a token mix of the source's size -> a factor) goes through
+    # this many dimensions first. The full maps were 60% of v1's forward pass; a trained map is
+    # close to low-rank (benchmarks/hyper_speed.md), and ``load_factored`` starts a bottlenecked
+    # network from a full one by truncated SVD. None: full maps (checkpoints from before the option).
+    read_rank: int | None = None
 
     @property
     def scaling(self) -> float:
@@ -103,19 +108,52 @@ class HyperNetwork(nn.Module):
         self.slot_embed = nn.Parameter(torch.randn(2 * cfg.rank, h) * 0.02)  # A rows, then B columns
         # Per role, the attended token mix -> an A row (fan_in) and a B column (fan_out), the same
         # maps in every layer: the layer's queries choose what each layer's factors are made of.
-        self.read_a = nn.ModuleDict({r: nn.Linear(d, fan_in) for r, (fan_in, _) in cfg.roles.items()})
-        self.read_b = nn.ModuleDict({r: nn.Linear(d, fan_out) for r, (_, fan_out) in cfg.roles.items()})
+        self.read_a = nn.ModuleDict({r: self._read_map(d, fan_in) for r, (fan_in, _) in cfg.roles.items()})
+        self.read_b = nn.ModuleDict({r: self._read_map(d, fan_out) for r, (_, fan_out) in cfg.roles.items()})
         if cfg.copy_tokens:
             self.copy_gain = nn.ParameterDict({
                 f"{role}_{factor}": nn.Parameter(torch.zeros(cfg.num_layers, cfg.rank))
                 for role, dims in cfg.roles.items() for factor, dim in zip("ab", dims) if dim == d})
             if not self.copy_gain:
                 raise ValueError(f"copy_tokens: no target reads or writes vectors of the source's size {d}")
+        fan = cfg.read_rank or d  # what the output map reads: the bottleneck, or the token mix
         for role, (fan_in, _) in cfg.roles.items():  # a LoRA's init, as for the pooled heads below
             for lin in (self.read_a[role], self.read_b[role]):
-                nn.init.normal_(lin.weight, std=cfg.init_scale / d ** 0.5)
-                nn.init.zeros_(lin.bias)
-            nn.init.uniform_(self.read_a[role].bias, -1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
+                out_map = lin[1] if cfg.read_rank else lin
+                nn.init.normal_(out_map.weight, std=cfg.init_scale / fan ** 0.5)
+                nn.init.zeros_(out_map.bias)
+            out_a = self.read_a[role][1] if cfg.read_rank else self.read_a[role]
+            nn.init.uniform_(out_a.bias, -1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
+
+    def _read_map(self, d: int, fan: int) -> nn.Module:
+        k = self.config.read_rank
+        if k is None:
+            return nn.Linear(d, fan)
+        if not 0 < k < d:
+            raise ValueError(f"read_rank must be between 1 and the embedding size {d}, got {k}")
+        return nn.Sequential(nn.Linear(d, k, bias=False), nn.Linear(k, fan))
+
+    def _read(self, read_map: nn.Module, mixed: torch.Tensor) -> torch.Tensor:
+        """A token mix -> a factor row; ``head_multiplier`` scales the (output) weights only."""
+        if isinstance(read_map, nn.Sequential):
+            mixed, read_map = read_map[0](mixed), read_map[1]
+        return F.linear(mixed, read_map.weight * self.config.head_multiplier, read_map.bias)
+
+    @torch.no_grad()
+    def load_factored(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a network with full read maps into this one, whose maps have a bottleneck: each map
+        W becomes (U S^1/2)(S^1/2 V^T) truncated to ``read_rank``, the closest map of that rank. The
+        warm start for a faster network: it keeps what the full one learned, up to the truncation."""
+        k, state = self.config.read_rank, dict(state)
+        if k is None:
+            raise ValueError("load_factored loads into a network with read_rank set")
+        for kind in ("read_a", "read_b"):
+            for role in self.config.roles:
+                u, s, vh = torch.linalg.svd(state.pop(f"{kind}.{role}.weight").float(), full_matrices=False)
+                state[f"{kind}.{role}.0.weight"] = s[:k, None].sqrt() * vh[:k]
+                state[f"{kind}.{role}.1.weight"] = u[:, :k] * s[:k].sqrt()
+                state[f"{kind}.{role}.1.bias"] = state.pop(f"{kind}.{role}.bias")
+        self.load_state_dict(state)
 
     def _init_pooled_reader(self) -> None:
         config, h = self.config, self.config.hidden
@@ -138,14 +176,17 @@ class HyperNetwork(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``embeddings`` (batch, embed_dim), or (batch, tokens, embed_dim) for the attention reader,
         -> per role (A, B) of shapes (batch, layers, r, in) and (batch, layers, out, r)."""
-        out = self._generate(embeddings)
-        if not self.config.center:
-            return out
-        if self.training:
-            if embeddings.shape[0] < 2:
-                raise ValueError("a centred hypernetwork trains on at least two documents a batch")
-            return {r: (a, b - b.mean(0, keepdim=True)) for r, (a, b) in out.items()}
-        return {r: (a, b - getattr(self, f"b_mean_{r}")) for r, (a, b) in out.items()}
+        out = self._generate(embeddings)  # B transposed, (batch, layers, r, out): rows, as made
+        if self.config.center:
+            if self.training:
+                if embeddings.shape[0] < 2:
+                    raise ValueError("a centred hypernetwork trains on at least two documents a batch")
+                out = {r: (a, bt - bt.mean(0, keepdim=True)) for r, (a, bt) in out.items()}
+            else:
+                # (the mean made contiguous first: a broadcast read along its strided axis is slow)
+                out = {r: (a, bt - getattr(self, f"b_mean_{r}").transpose(-1, -2).contiguous())
+                       for r, (a, bt) in out.items()}
+        return {r: (a, rearrange(bt, "b l r o -> b l o r")) for r, (a, bt) in out.items()}
 
     @torch.no_grad()
     def set_center(self, batches: Iterable[torch.Tensor]) -> None:
@@ -153,7 +194,7 @@ class HyperNetwork(nn.Module):
         (token-level embeddings of a whole corpus would not fit in memory at once), for inference."""
         sums, count = None, 0
         for emb in batches:
-            part = {r: b.sum(0) for r, (_, b) in self._generate(emb).items()}
+            part = {r: bt.sum(0).transpose(-1, -2) for r, (_, bt) in self._generate(emb).items()}
             sums = part if sums is None else {r: sums[r] + part[r] for r in sums}
             count += emb.shape[0]
         if not count:
@@ -162,6 +203,7 @@ class HyperNetwork(nn.Module):
             getattr(self, f"b_mean_{r}").copy_(total / count)
 
     def _generate(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per role (A, B transposed), uncentred."""
         want = 3 if self.config.reader == "attention" else 2
         if embeddings.dim() != want:
             raise ValueError(f"the {self.config.reader} reader takes {want}-d embeddings, got shape "
@@ -169,29 +211,38 @@ class HyperNetwork(nn.Module):
         return self._attend(embeddings) if want == 3 else self._pool(embeddings)
 
     def _attend(self, tokens: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        cfg = self.config
-        padding = tokens.abs().sum(-1) == 0                              # (b, t)
+        cfg, roles = self.config, list(self.config.roles)
+        padding = ~tokens.any(-1)                                        # (b, t): rows of zeros
         x = self.token_norm(tokens)                                      # (b, t, d)
-        keys = self.key(x)                                               # (b, t, h)
-        # Copy path: unit vectors times sqrt(d), entries of order 1, so the gains move a factor at
-        # the pace Adam moves a LoRA's own entries (as head_multiplier does for the heads).
-        unit = F.normalize(tokens, dim=-1) * tokens.shape[-1] ** 0.5 if cfg.copy_tokens else None
+        # Every role's queries (role + factor slot + layer) at once, taken into token space through
+        # the key map: q . (W x + c) = (q W) . x + q . c, and q . c is the same for every token, which
+        # the softmax ignores. So no key is computed per token: (b, t, d) x (d, h) saved per document.
+        slots = rearrange(self.slot_embed, "(f r) h -> f r h", f=2)      # A rows, then B columns
+        queries = torch.stack([slots[:, None] + self.layer_embed.weight[None, :, None] + self.role_embed[r]
+                               for r in roles])                         # (roles, 2, L, r, h)
+        token_queries = queries @ self.key.weight / cfg.hidden ** 0.5   # (roles, 2, L, r, d)
+        scores = torch.einsum("nflrd,btd->bnflrt", token_queries, x)
+        weights = scores.masked_fill(padding[:, None, None, None, None, :], float("-inf")).softmax(-1)
+        # Copy path: the attended tokens' unit vectors times sqrt(d) (entries of order 1, so the gains
+        # move a factor at the pace Adam moves a LoRA's own entries, as head_multiplier does for the
+        # heads). Each token's scale goes into its attention weight rather than into a normalised
+        # copy of every token vector. Padding (norm 0) has weight 0 and a finite scale.
+        if cfg.copy_tokens:
+            gains = self.copy_gain
+            scale = tokens.shape[-1] ** 0.5 / tokens.norm(dim=-1).clamp_min(1e-12)   # (b, t)
+        else:
+            gains, scale = {}, None
         out = {}
-        for role in cfg.roles:
-            queries = self.layer_embed.weight[:, None] + self.slot_embed[None] + self.role_embed[role]  # (L, 2r, h)
-            scores = torch.einsum("lsh,bth->blst", queries, keys) / cfg.hidden ** 0.5
-            weights = scores.masked_fill(padding[:, None, None, :], float("-inf")).softmax(-1)
-            mixed = torch.einsum("blst,btd->blsd", weights, x)                # (b, L, 2r, d)
-            ra, rb = self.read_a[role], self.read_b[role]
-            a = F.linear(mixed[:, :, : cfg.rank], ra.weight) * cfg.head_multiplier + ra.bias   # (b, L, r, in)
-            b = F.linear(mixed[:, :, cfg.rank:], rb.weight) * cfg.head_multiplier + rb.bias    # (b, L, r, out)
-            if cfg.copy_tokens:
-                words = torch.einsum("blst,btd->blsd", weights, unit)
-                if f"{role}_a" in self.copy_gain:
-                    a = a + self.copy_gain[f"{role}_a"][..., None] * words[:, :, : cfg.rank]
-                if f"{role}_b" in self.copy_gain:
-                    b = b + self.copy_gain[f"{role}_b"][..., None] * words[:, :, cfg.rank:]
-            out[role] = (a, rearrange(b, "b l r o -> b l o r"))
+        for n, role in enumerate(roles):
+            made = []
+            for f, factor in enumerate("ab"):
+                w = weights[:, n, f]                                     # (b, L, r, t)
+                row = self._read(getattr(self, f"read_{factor}")[role], torch.einsum("blrt,btd->blrd", w, x))
+                if f"{role}_{factor}" in gains:  # only factors of the tokens' size
+                    words = torch.einsum("blrt,btd->blrd", w * scale[:, None, None], tokens)
+                    row = row + gains[f"{role}_{factor}"][..., None] * words
+                made.append(row)
+            out[role] = (made[0], made[1])                               # (b, L, r, in), (b, L, r, out)
         return out
 
     def _pool(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -205,7 +256,7 @@ class HyperNetwork(nn.Module):
             flat = F.linear(z, head.weight) * cfg.head_multiplier + head.bias   # (b, L, r*(in+out))
             a, b = flat.split([cfg.rank * fan_in, cfg.rank * fan_out], dim=-1)
             out[role] = (rearrange(a, "b l (r i) -> b l r i", r=cfg.rank),
-                         rearrange(b, "b l (o r) -> b l o r", r=cfg.rank))
+                         rearrange(b, "b l (o r) -> b l r o", r=cfg.rank))
         return out
 
     def num_parameters(self) -> int:

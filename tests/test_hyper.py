@@ -274,3 +274,39 @@ def test_copy_path_writes_the_attended_words_themselves(tokenizer):
         assert torch.allclose(b[0, 0, :, 0], words, atol=1e-6)
     with pytest.raises(ValueError, match="copy_tokens needs the attention reader"):
         HyperNetwork(HyperNetConfig.from_targets(targets, src.dim, copy_tokens=True))
+
+
+def test_read_bottleneck_starts_as_the_truncated_svd_of_a_full_network(tokenizer):
+    """``load_factored`` puts a full network's read maps through a bottleneck: exact when the maps
+    have at most that rank, and the closest map of that rank otherwise."""
+    from hyperprag.embeddings import build_source
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    model = tiny_model("gemma3_text")
+    src = build_source("token-seq", model, tokenizer)
+    targets = find_ffn_targets(model)
+    kw = dict(hidden=32, reader="attention", copy_tokens=True, center=True)
+    full = HyperNetwork(HyperNetConfig.from_targets(targets, src.dim, **kw))
+    with torch.no_grad():
+        for p in full.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+        for maps in (full.read_a, full.read_b):  # maps of rank 8, as a trained map is close to low-rank
+            for lin in maps.values():
+                lin.weight.copy_(torch.randn(lin.weight.shape[0], 8) @ torch.randn(8, lin.weight.shape[1]))
+    emb = src.embed([d.text for d in DOCS])
+    full.set_center([emb])
+    fast = HyperNetwork(HyperNetConfig.from_targets(targets, src.dim, read_rank=8, **kw))
+    assert fast.num_parameters() < full.num_parameters()
+    fast.load_factored(full.state_dict())
+    with torch.no_grad():
+        for (a0, b0), (a1, b1) in zip(full.eval()(emb).values(), fast.eval()(emb).values()):
+            assert a1.shape == a0.shape and b1.shape == b0.shape
+            assert torch.allclose(a0, a1, atol=1e-4) and torch.allclose(b0, b1, atol=1e-4)
+        lossy = HyperNetwork(HyperNetConfig.from_targets(targets, src.dim, read_rank=4, **kw))
+        lossy.load_factored(full.state_dict())
+        a0, a1 = full(emb)["down"][0], lossy.eval()(emb)["down"][0]
+        assert not torch.allclose(a0, a1, atol=1e-4)
+    with pytest.raises(ValueError, match="read_rank must be between 1 and the embedding size"):
+        HyperNetwork(HyperNetConfig.from_targets(targets, src.dim, read_rank=src.dim, **kw))
+    with pytest.raises(ValueError, match="load_factored loads into a network with read_rank set"):
+        full.load_factored(full.state_dict())

@@ -142,6 +142,25 @@ def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_pat
     assert enc.hypernet.b_mean_down.abs().sum() > 0  # the centre, set from batches of the pool
     assert all(g.abs().sum() > 0 for g in enc.hypernet.copy_gain.values())  # the copy gains, from 0, trained
 
+    # A faster network with a bottleneck in the read maps starts from this one (truncated SVD), so
+    # its first answers are already better than a fresh network's were.
+    warm = launch(tmp_path, model_dir, data, 1, steps=3, out="warm", weights="{lm: 1.0, kl: 0.0}",
+                  extra=f"center: true\ncopy_tokens: true\nread_rank: 24\ninit_from: {tmp_path / 'run' / 'final'}\n",
+                  embedding="token-seq")
+    assert "initialised from" in (tmp_path / "stdout.txt").read_text()
+    assert warm[0]["lm"] < log[0]["lm"] * 0.9, (warm[0]["lm"], log[0]["lm"])
+    fast = HyperEncoder.from_pretrained(tmp_path / "warm" / "final", *load_base_model(str(model_dir)))
+    assert fast.hypernet.config.read_rank == 24
+    # A checkpoint of another design is refused, naming what differs on both sides.
+    config = tmp_path / "cfg.yaml"
+    config.write_text(config.read_text().replace("hidden: 32", "hidden: 16").replace(
+        f"out: {tmp_path / 'warm'}", f"out: {tmp_path / 'bad'}"))
+    proc = subprocess.run([sys.executable, str(ROOT / "training" / "train_hypernet.py"), str(config)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "its hypernetwork differs from this config's in ['head_multiplier', 'hidden']" in proc.stderr
+    assert "hidden 32 there, 16 here" in proc.stderr
+
 
 def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, setup):
     model_dir, data = setup

@@ -23,6 +23,8 @@ With ``merge_k`` above 1, answers are trained with the summed adapters of the ow
 to k - 1 others, as top-k retrieval merges them.
 The run checkpoints every ``save_every`` steps and resumes from the last one; ``snapshot_every``
 also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning curve.
+``read_rank`` puts a bottleneck in the attention reader's read maps (faster to run), and
+``init_from`` starts from a trained checkpoint (a full-map one is factored by truncated SVD).
 ``max_minutes`` bounds the run's wall-clock time (resumes included), for a machine lent for a
 fixed time: the run then ends at ``steps`` or at the budget, whichever comes first, and the
 learning rate's cosine follows whichever is nearer its end, so a cut run still ends annealed.
@@ -62,7 +64,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
-    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
+    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64, "skip_first_questions": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
@@ -125,6 +127,25 @@ def augmented_documents(files: list[str], cache: str, skip_first: int, exclude: 
     return docs
 
 
+def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> None:
+    """Start from a trained checkpoint of the same design, or from a full-read-map one when this run
+    has ``read_rank`` (its maps then start as their truncated SVD: a faster network that keeps what
+    the full one learned). Anything else differing is refused, naming both."""
+    start = HyperEncoder.from_pretrained(ckpt, model, tokenizer, source=source).hypernet
+    mine, theirs = encoder.hypernet.config.to_dict(), start.config.to_dict()
+    differ = sorted(k for k in mine if k != "read_rank" and mine[k] != theirs[k])
+    if differ:
+        sys.exit(f"init_from {ckpt}: its hypernetwork differs from this config's in {differ}: "
+                 + ", ".join(f"{k} {theirs[k]} there, {mine[k]} here" for k in differ))
+    if mine["read_rank"] == theirs["read_rank"]:
+        encoder.hypernet.load_state_dict(start.state_dict())
+    elif theirs["read_rank"] is None:
+        encoder.hypernet.load_factored(start.state_dict())
+    else:
+        sys.exit(f"init_from {ckpt}: read_rank {theirs['read_rank']} there, {mine['read_rank']} here; only "
+                 f"a full-map checkpoint (read_rank null) can start a bottlenecked run")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="YAML config (see training/configs/)")
@@ -168,7 +189,11 @@ def main() -> None:
     # None: 1/hidden, which trains the heads at a LoRA's pace (see HyperNetConfig.head_multiplier)
     head_mult = cfg["head_multiplier"] if cfg["head_multiplier"] is not None else 1.0 / cfg["hidden"]
     encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
-                                  head_multiplier=head_mult, center=cfg["center"], copy_tokens=cfg["copy_tokens"])
+                                  head_multiplier=head_mult, center=cfg["center"], copy_tokens=cfg["copy_tokens"],
+                                  read_rank=cfg["read_rank"])
+    if cfg["init_from"]:
+        warm_start(encoder, cfg["init_from"], model, tokenizer, source)
+        log(f"initialised from {cfg['init_from']}")
     scaling = encoder.hypernet.config.scaling
     log(f"hypernetwork: {encoder.hypernet.num_parameters():,} parameters")
     recon_store = AdapterStore(cfg["recon_store"]) if cfg["weights"].get("recon") else None
