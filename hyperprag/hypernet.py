@@ -118,12 +118,10 @@ class HyperNetwork(nn.Module):
                 raise ValueError(f"copy_tokens: no target reads or writes vectors of the source's size {d}")
         fan = cfg.read_rank or d  # what the output map reads: the bottleneck, or the token mix
         for role, (fan_in, _) in cfg.roles.items():  # a LoRA's init, as for the pooled heads below
-            for lin in (self.read_a[role], self.read_b[role]):
-                out_map = lin[1] if cfg.read_rank else lin
-                nn.init.normal_(out_map.weight, std=cfg.init_scale / fan ** 0.5)
-                nn.init.zeros_(out_map.bias)
-            out_a = self.read_a[role][1] if cfg.read_rank else self.read_a[role]
-            nn.init.uniform_(out_a.bias, -1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
+            for read_map in (self.read_a[role], self.read_b[role]):
+                nn.init.normal_(self._output_of(read_map).weight, std=cfg.init_scale / fan ** 0.5)
+                nn.init.zeros_(self._output_of(read_map).bias)
+            nn.init.uniform_(self._output_of(self.read_a[role]).bias, -1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
 
     def _read_map(self, d: int, fan: int) -> nn.Module:
         k = self.config.read_rank
@@ -133,11 +131,17 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"read_rank must be between 1 and the embedding size {d}, got {k}")
         return nn.Sequential(nn.Linear(d, k, bias=False), nn.Linear(k, fan))
 
+    @staticmethod
+    def _output_of(read_map: nn.Module) -> nn.Linear:
+        """The linear map that writes the factor: the whole map, or the one after the bottleneck."""
+        return read_map[1] if isinstance(read_map, nn.Sequential) else read_map
+
     def _read(self, read_map: nn.Module, mixed: torch.Tensor) -> torch.Tensor:
-        """A token mix -> a factor row; ``head_multiplier`` scales the (output) weights only."""
-        if isinstance(read_map, nn.Sequential):
-            mixed, read_map = read_map[0](mixed), read_map[1]
-        return F.linear(mixed, read_map.weight * self.config.head_multiplier, read_map.bias)
+        """A token mix -> a factor row; ``head_multiplier`` scales the output map's weights only."""
+        out = self._output_of(read_map)
+        if out is not read_map:
+            mixed = read_map[0](mixed)
+        return F.linear(mixed, out.weight * self.config.head_multiplier, out.bias)
 
     @torch.no_grad()
     def load_factored(self, state: dict[str, torch.Tensor]) -> None:
