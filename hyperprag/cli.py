@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", required=True,
                     choices=MODES,
                     help="how documents are used")
-    ev.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N questions (after --skip)")
+    ev.add_argument("--skip", type=int, default=0,
+                    help="leave out the first N questions: a validation slice past the benchmark's "
+                         "(--skip 100 --limit 50), for choosing a checkpoint without the test questions")
     ev.add_argument("--out", default=None, help="write the result JSON here (mode, n, em, f1, predictions)")
     ev.add_argument("--wrong-doc", action="store_true",
                     help="specificity ablation for the parametric modes: answer each question with the "
@@ -126,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--corpus", default=None, help="passage corpus JSONL to retrieve from, for every --data")
     bench.add_argument("--out", required=True, help="output directory")
     bench.add_argument("--limit", type=int, nargs="+", default=None, metavar="N",
-                       help="only the first N questions of each file; one N for all, or one per --data file")
+                       help="only the first N questions of each file (after --skip); one N for all, or one per "
+                            "--data file")
+    bench.add_argument("--skip", type=int, default=0,
+                       help="leave out the first N questions of each file: a validation slice past the "
+                            "benchmark's (--skip 100 --limit 50), for choosing a checkpoint without the test questions")
     bench.add_argument("--per-doc", type=int, default=None,
                        help="at most N questions per passage (SQuAD has ~5 a paragraph: --per-doc 5 --limit 100 "
                             "spans 20 paragraphs)")
@@ -156,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_examples(args) -> list[QAExample]:
-    examples = load_questions(args.data)
+    if args.skip < 0:
+        raise HyperpragError("--skip must be 0 or more")
+    examples = load_questions(args.data)[args.skip:]
     if args.limit is not None:
         if args.limit < 1:
             raise HyperpragError("--limit must be at least 1")
@@ -289,10 +298,12 @@ def cmd_bench(args) -> int:
     for name, value in [("limit", n) for n in limits] + [("per-doc", args.per_doc), ("repeats", args.repeats)]:
         if value is not None and value < 1:
             raise HyperpragError(f"--{name} must be at least 1")
+    if args.skip < 0:
+        raise HyperpragError("--skip must be 0 or more")
     corpus = read_corpus(args.corpus) if args.corpus else None
     datasets, names = [], set()
     for path, limit in zip(args.data, limits):
-        examples = spread_questions(load_questions(path), limit, args.per_doc)
+        examples = spread_questions(load_questions(path)[args.skip:], limit, args.per_doc)
         name = Path(path).stem
         while name in names:
             name += "'"

@@ -30,15 +30,25 @@ def delta_distance(a1, b1, s1: float, a2, b2, s2: float) -> torch.Tensor:
     return lowrank_sq_norm(a, b) / lowrank_sq_norm(a2, b2 * s2).clamp_min(1e-12)
 
 
-def stacked_factors(generated: dict[str, tuple[torch.Tensor, torch.Tensor]], targets, sets: torch.Tensor) -> dict:
-    """Per-row LoRA factors whose delta is the exact sum of the generated deltas of the documents in
-    ``sets`` (rows, k): the top-k merge of ``merge.merge_adapters``, done on the hypernetwork's
-    batched output so that training sees what retrieval of k documents will do."""
+def stacked_factors(generated: dict[str, tuple[torch.Tensor, torch.Tensor]], targets, sets: torch.Tensor,
+                    method: str = "sum") -> dict:
+    """Per-row LoRA factors whose delta is the exact sum (or mean) of the generated deltas of the
+    documents in ``sets`` (rows, k): the top-k merge of ``merge.merge_adapters``, done on the
+    hypernetwork's batched output so that training sees what retrieval of k documents will do. A
+    set shorter than k is padded with -1, which stands for no document (zero factors, not counted
+    in the mean): a question with two retrieved passages and one with three can share a batch."""
+    if method not in ("sum", "mean"):
+        raise ValueError(f"unknown merge method {method!r}; choose 'sum' or 'mean'")
+    weight = torch.ones(sets.shape, device=sets.device)
+    if method == "mean":
+        weight = weight / (sets >= 0).sum(1, keepdim=True).clamp_min(1)
     factors = {}
     for t in targets:
         a, b = generated[t.role]
-        factors[t.name] = (rearrange(a[sets, t.layer], "n k r i -> n (k r) i"),
-                           rearrange(b[sets, t.layer], "n k o r -> n o (k r)"))
+        a = torch.cat([a[:, t.layer], a.new_zeros(1, *a.shape[2:])])  # row -1: the zero adapter
+        b = torch.cat([b[:, t.layer], b.new_zeros(1, *b.shape[2:])])
+        factors[t.name] = (rearrange(a[sets], "n k r i -> n (k r) i"),
+                           rearrange(b[sets] * weight[..., None, None].to(b.dtype), "n k o r -> n o (k r)"))
     return factors
 
 

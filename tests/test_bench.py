@@ -7,6 +7,7 @@ import pytest
 from conftest import tiny_model_dir
 from hyperprag import bench as bench_mod
 from hyperprag.cli import MODES, main
+from hyperprag.data import load_questions
 
 FACTS = [("Amberlin Codex", "Which book does the Velmora library hold?", "The Velmora library holds the Amberlin Codex."),
          ("Glass Regatta", "Which race is rowed on Lake Quenby?", "The Glass Regatta is rowed on Lake Quenby."),
@@ -140,4 +141,8 @@ def test_bench_limit_per_file(setup):
     assert main(args) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [d["n_questions"] for d in res["datasets"].values()] == [3, 2]
+    n = len(load_questions(args[args.index("--data") + 1]))
+    assert main(args + ["--skip", str(n - 2), "--out", str(tmp_path / "val")]) == 0  # past n - 2, 2 remain
+    res = json.loads((tmp_path / "val" / "results.json").read_text())
+    assert [d["n_questions"] for d in res["datasets"].values()] == [2, 2]
     assert "cost_seconds_per_doc" in res and list(res["datasets"]["alpha"]["modes"]) == ["closed", "rag"]

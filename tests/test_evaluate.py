@@ -77,6 +77,10 @@ def test_cli_eval_writes_result_json(tmp_path, tokenizer, capsys):
     result = json.loads(out.read_text())
     assert result["mode"] == "rag" and result["n"] == 2 and len(result["predictions"]) == 2
     assert {"em", "f1", "seconds_per_question", "config"} <= result.keys()
+    # --skip leaves out the first questions (a validation slice past the benchmark's)
+    assert main(["eval", "--data", str(data), "--mode", "closed", "--model", str(model_dir), "--skip", "1",
+                 "--limit", "1", "--max-new-tokens", "3", "--out", str(out), "--quiet"]) == 0
+    assert [r["id"] for r in json.loads(out.read_text())["predictions"]] == [EXAMPLES[1].id]
 
 
 def test_cli_help_explains_options(capsys):

@@ -180,6 +180,16 @@ def test_stacked_factors_give_the_merged_sum_of_each_sets_adapters():
         for t in enc.targets:
             a, b = factors[t.name]
             assert torch.allclose(s * b[row] @ a[row], merged.delta(t.name), atol=1e-6)
+    # Retrieved sets of different sizes share a batch: -1 pads a set, adds nothing to the sum and
+    # does not count in the mean (the hypernetwork's own merge at inference).
+    ragged = torch.tensor([[0, 2, -1], [1, 0, 2]])
+    for method in ("sum", "mean"):
+        factors = stacked_factors(generated, enc.targets, ragged, method)
+        for row, members in enumerate(ragged.tolist()):
+            merged = merge_adapters([adapters[i] for i in members if i >= 0], method)
+            for t in enc.targets:
+                a, b = factors[t.name]
+                assert torch.allclose(s * b[row] @ a[row], merged.delta(t.name), atol=1e-6)
 
 
 def test_generated_adapters_are_averaged_by_default_and_trained_ones_summed(tmp_path):

@@ -129,6 +129,31 @@ def test_doc_objective_trains_on_question_free_passages(tmp_path, setup):
     assert all("doc_no_adapter_this_step" in r for r in log)  # the same passages without an adapter
 
 
+def test_retrieved_objective_answers_multi_passage_questions_with_their_merged_top_passages(tmp_path, setup):
+    model_dir, data = setup
+    p = {k: {"title": k, "text": v} for k, v in [
+        ("Orrun Falls", "The Orrun Falls drop 212 metres into Lake Ennisar."),
+        ("Lake Ennisar", "Lake Ennisar is fed by the Orrun river."),
+        ("Vell Tower", "The Vell Tower was raised by the mason Ida Crane."),
+        ("Ida Crane", "Ida Crane, a mason, was born in the port of Sallow Reach."),
+        ("Kettle Moor", "Kettle Moor is a heath of red bracken."),
+        ("Amberlin Codex", "The Amberlin Codex is bound in eel skin.")]}
+    rows = [("How far do the Orrun Falls drop?", "212 metres", ["Orrun Falls", "Lake Ennisar"]),  # evaluated
+            ("Where was the mason who raised the Vell Tower born?", "Sallow Reach",
+             ["Kettle Moor", "Vell Tower", "Ida Crane"]),
+            ("What is the heath near the Orrun Falls?", "Kettle Moor", ["Orrun Falls", "Kettle Moor"]),  # left out
+            ("What is the Amberlin Codex bound in?", "eel skin", ["Amberlin Codex"])]  # one passage, padded
+    multi = tmp_path / "multi.jsonl"
+    multi.write_text("\n".join(json.dumps({"question": q, "answers": [a], "passages": [p[t] for t in ts]})
+                               for q, a, ts in rows))
+    log = launch(tmp_path, model_dir, data, 1, steps=20, out="run", weights="{lm: 1.0, retrieved: 1.0}",
+                 extra=f"retrieved: [{multi}]\nretrieved_per_step: 2\ntop_k: 2\nskip_first_questions: 1\n")
+    assert "retrieved: 2 questions with their top 2 passages" in (tmp_path / "stdout.txt").read_text()
+    first, last = (sum(r["retrieved"] for r in part) / 3 for part in (log[:3], log[-3:]))
+    assert last < first * 0.9, (first, last)
+    assert all("retrieved_no_adapter_this_step" in r for r in log)
+
+
 def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_path, setup):
     model_dir, data = setup
     log = launch(tmp_path, model_dir, data, 1, steps=20, out="run", weights="{lm: 1.0, kl: 0.0}",
@@ -216,6 +241,7 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     ("augmented: [x.jsonl]\n", "augmented files need augment_cache"),
     ("passages: [x.jsonl]\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
     ("weights: {lm: 1.0, doc: 1.0}\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
+    ("retrieved: [x.jsonl]\n", "the retrieved objective (weights.retrieved) trains on retrieved_per_step questions"),
 ])
 def test_bad_configs_are_refused_before_loading_anything(tmp_path, config_text, message):
     config = tmp_path / "cfg.yaml"

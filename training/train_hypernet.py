@@ -16,7 +16,11 @@ with the generated adapter), ``doc`` (the first ``doc_words`` words of a passage
 with its generated adapter and not in the prompt, as the exact recipe's rewrites teach it;
 ``passages_per_step`` passages drawn from all a step), ``kl`` (distillation from the in-context
 teacher), ``recon`` (distance to exact adapters in a store, as deltas) and ``contrast`` (a
-question's own document's adapter must beat another's).
+question's own document's adapter must beat another's) and ``retrieved`` (the answers of the
+``retrieved`` files' questions, ``retrieved_per_step`` a step, each answered with the merged
+generated adapters of its top ``top_k`` passages by BM25 among its own candidates: what the
+benchmark does on HotpotQA and PopQA, multi-passage questions included; questions whose top
+passages belong to the first ``skip_first_questions`` questions are left out).
 ``embedding`` picks the document embedding: ``token-seq`` (one vector per token, looked up for
 each batch) gives the hypernetwork its attention reader, and ``copy_tokens`` its copy path.
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
@@ -52,10 +56,12 @@ from hyperprag.augment import read_cached
 from hyperprag.data import Passage, load_questions, passages_of
 from hyperprag.embeddings import build_source
 from hyperprag.hyper_encoder import HyperEncoder
-from hyperprag.hyper_objectives import (answer_logits, delta_distance, distill_loss, lm_loss, passage_batch,
+from hyperprag.hyper_objectives import (answer_batch, answer_logits, delta_distance, distill_loss, lm_loss, passage_batch,
                                         qa_batches, stacked_factors)
 from hyperprag.inject import lora_hooks
 from hyperprag.models import load_base_model
+from hyperprag.prompts import build_prompt
+from hyperprag.retrieval import retrieve
 from hyperprag.store import AdapterStore
 
 # Where JAX is installed beside torch (common on GPU images), something initialises it and it
@@ -67,7 +73,8 @@ DEFAULTS = {
     "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
-    "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64, "skip_first_questions": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
+    "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64,
+    "retrieved": [], "retrieved_per_step": 0, "top_k": 3, "skip_first_questions": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
 }
 
 
@@ -90,6 +97,9 @@ def load_config(path: str, overrides: list[str]) -> dict:
     if bool(cfg["passages"] or cfg["passages_per_step"]) != bool(cfg["weights"].get("doc")):
         sys.exit(f"{path}: the doc objective (weights.doc) trains on passages_per_step passages a step: "
                  f"give both, or neither (passages only add to what it draws from)")
+    if bool(cfg["retrieved"] or cfg["retrieved_per_step"]) != bool(cfg["weights"].get("retrieved")):
+        sys.exit(f"{path}: the retrieved objective (weights.retrieved) trains on retrieved_per_step questions of "
+                 f"the retrieved files a step: give all three, or none")
     if cfg["center"] and cfg["docs_per_step"] < 2:
         sys.exit(f"{path}: center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
     return cfg
@@ -125,6 +135,21 @@ def augmented_documents(files: list[str], cache: str, skip_first: int, exclude: 
         if aug is not None and aug.qa:
             docs.append((p, list(aug.qa)))
     return docs
+
+
+def retrieved_questions(files: list[str], skip_first: int, top_k: int) -> list[tuple[list[Passage], str, str]]:
+    """(top passages, question, answer) for the questions past each file's first ``skip_first``,
+    retrieved as the benchmark retrieves them; a question whose top passages include one of the
+    evaluated questions' is left out, so no benchmark passage is trained on."""
+    out = []
+    for f in files:
+        examples = load_questions(f)
+        evaluated = {content_hash(p.text) for ex in examples[:skip_first] for p in ex.passages}
+        for ex in examples[skip_first:]:
+            top = retrieve(ex, top_k) if ex.passages else []
+            if top and not any(content_hash(p.text) in evaluated for p in top):
+                out.append((top, ex.question, ex.answers[0]))
+    return out
 
 
 def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> None:
@@ -175,6 +200,15 @@ def main() -> None:
     pool = [d for d, _ in train_docs] + corpus_passages(cfg["passages"], cfg["skip_first_questions"], known)
     if cfg["passages"]:
         log(f"passages: {len(pool) - len(train_docs)} without questions, for the doc objective")
+    # The retrieved questions' passages join the pool (they are embedded by pool row like the rest).
+    retrieved = retrieved_questions(cfg["retrieved"], cfg["skip_first_questions"], cfg["top_k"])
+    pool_row = {content_hash(d.text): i for i, d in enumerate(pool)}
+    for top, _, _ in retrieved:
+        for p in top:
+            if pool_row.setdefault(content_hash(p.text), len(pool)) == len(pool):
+                pool.append(p)
+    if cfg["retrieved"]:
+        log(f"retrieved: {len(retrieved)} questions with their top {cfg['top_k']} passages")
     log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}) on {accelerator.device}")
     log(f"documents: {len(train_docs)} train, {len(heldout)} held aside; embedding {source.id}")
     # Pooled embeddings of the whole pool are computed once (every source batches internally);
@@ -261,7 +295,13 @@ def main() -> None:
         idx = rng.sample(range(len(train_docs)), min(cfg["docs_per_step"], len(train_docs)))
         # Rows past the batch's documents: passages drawn for the doc objective alone.
         drawn = rng.sample(range(len(pool)), min(cfg["passages_per_step"], len(pool)))
-        out_f = hypernet(embed(idx + drawn))
+        # Then the retrieved questions' passages, each question's set padded to top_k with -1.
+        picked = [retrieved[i] for i in rng.sample(range(len(retrieved)), min(cfg["retrieved_per_step"], len(retrieved)))]
+        ret_rows = list({pool_row[content_hash(p.text)]: None for top, _, _ in picked for p in top})
+        at = {r: len(idx) + len(drawn) + n for n, r in enumerate(ret_rows)}
+        ret_sets = torch.tensor([[at[pool_row[content_hash(p.text)]] for p in top] + [-1] * (cfg["top_k"] - len(top))
+                                 for top, _, _ in picked], dtype=torch.long, device=accelerator.device)
+        out_f = hypernet(embed(idx + drawn + ret_rows))
         rows, docs, questions, answers = [], [], [], []
         for r, i in enumerate(idx):
             doc, qa = train_docs[i]
@@ -288,6 +328,10 @@ def main() -> None:
             scored["doc"] = passage_batch(tokenizer, [pool[i] for i in drawn], cfg["doc_words"])
             with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_only), scaling=scaling):
                 losses["doc"] = lm_loss(answer_logits(model, scored["doc"]), scored["doc"])
+        if picked:
+            scored["retrieved"] = answer_batch(tokenizer, [build_prompt(q) for _, q, _ in picked], [a for *_, a in picked])
+            with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets, HyperEncoder.merge), scaling=scaling):
+                losses["retrieved"] = lm_loss(answer_logits(model, scored["retrieved"]), scored["retrieved"])
         if weights.get("kl"):
             with torch.no_grad():
                 t_logits = answer_logits(model, teacher)
