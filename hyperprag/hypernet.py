@@ -137,11 +137,12 @@ class HyperNetwork(nn.Module):
         return read_map[1] if isinstance(read_map, nn.Sequential) else read_map
 
     def _read(self, read_map: nn.Module, mixed: torch.Tensor) -> torch.Tensor:
-        """A token mix -> a factor row; ``head_multiplier`` scales the output map's weights only."""
+        """A token mix -> a factor row; ``head_multiplier`` scales the output map's weights only
+        (applied to its input, the same product: the input is the smaller tensor to scale)."""
         out = self._output_of(read_map)
         if out is not read_map:
             mixed = read_map[0](mixed)
-        return F.linear(mixed, out.weight * self.config.head_multiplier, out.bias)
+        return F.linear(mixed * self.config.head_multiplier, out.weight, out.bias)
 
     @torch.no_grad()
     def load_factored(self, state: dict[str, torch.Tensor]) -> None:
@@ -214,37 +215,51 @@ class HyperNetwork(nn.Module):
                              f"{tuple(embeddings.shape)}: is the embedding source the one it was built for?")
         return self._attend(embeddings) if want == 3 else self._pool(embeddings)
 
-    def _attend(self, tokens: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        cfg, roles = self.config, list(self.config.roles)
-        padding = ~tokens.any(-1)                                        # (b, t): rows of zeros
-        x = self.token_norm(tokens)                                      # (b, t, d)
-        # Every role's queries (role + factor slot + layer) at once, taken into token space through
-        # the key map: q . (W x + c) = (q W) . x + q . c, and q . c is the same for every token, which
-        # the softmax ignores. So no key is computed per token: (b, t, d) x (d, h) saved per document.
+    def _token_queries(self) -> torch.Tensor:
+        """Every role's queries (role + factor slot + layer) at once, taken into token space through
+        the key map: q . (W x + c) = (q W) . x + q . c, and q . c is the same for every token, which
+        the softmax ignores. So no key is computed per token: (b, t, d) x (d, h) saved per document.
+        They depend on the weights alone: without autograd they are kept until a weight changes
+        (in place, as an optimiser step or a load does, or by a move), a third of a batch-1 call."""
+        params = (self.slot_embed, self.layer_embed.weight, self.key.weight, *self.role_embed.values())
+        stamp = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+        cached = getattr(self, "_queries_cache", None)
+        if not torch.is_grad_enabled() and cached is not None and cached[0] == stamp:
+            return cached[1]
         slots = rearrange(self.slot_embed, "(f r) h -> f r h", f=2)      # A rows, then B columns
         queries = torch.stack([slots[:, None] + self.layer_embed.weight[None, :, None] + self.role_embed[r]
-                               for r in roles])                         # (roles, 2, L, r, h)
-        token_queries = queries @ self.key.weight / cfg.hidden ** 0.5   # (roles, 2, L, r, d)
-        scores = torch.einsum("nflrd,btd->bnflrt", token_queries, x)
+                               for r in self.config.roles])             # (roles, 2, L, r, h)
+        token_queries = queries @ self.key.weight / self.config.hidden ** 0.5   # (roles, 2, L, r, d)
+        if not torch.is_grad_enabled():
+            self._queries_cache = (stamp, token_queries)
+        return token_queries
+
+    def _attend(self, tokens: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        cfg, roles = self.config, list(self.config.roles)
+        norms = tokens.norm(dim=-1)                                      # (b, t)
+        padding = norms == 0                                             # rows of zeros
+        x = self.token_norm(tokens)                                      # (b, t, d)
+        scores = torch.einsum("nflrd,btd->bnflrt", self._token_queries(), x)
         weights = scores.masked_fill(padding[:, None, None, None, None, :], float("-inf")).softmax(-1)
+        # Every (role, factor)'s token mix in one batched product rather than six small ones.
+        mixed = (rearrange(weights, "b n f l r t -> b (n f l r) t") @ x).view(*weights.shape[:-1], -1)
         # Copy path: the attended tokens' unit vectors times sqrt(d) (entries of order 1, so the gains
         # move a factor at the pace Adam moves a LoRA's own entries, as head_multiplier does for the
-        # heads). Each token's scale goes into its attention weight rather than into a normalised
-        # copy of every token vector. Padding (norm 0) has weight 0 and a finite scale.
-        if cfg.copy_tokens:
-            gains = self.copy_gain
-            scale = tokens.shape[-1] ** 0.5 / tokens.norm(dim=-1).clamp_min(1e-12)   # (b, t)
-        else:
-            gains, scale = {}, None
+        # heads). Only the factors of the tokens' size have a gain; their mixes are taken together,
+        # of the tokens rescaled once. Padding (norm 0) has weight 0 and a finite scale.
+        gains = self.copy_gain if cfg.copy_tokens else {}
+        copied = [(n, f) for n, role in enumerate(roles) for f, factor in enumerate("ab") if f"{role}_{factor}" in gains]
+        if copied:
+            units = tokens * (tokens.shape[-1] ** 0.5 / norms.clamp_min(1e-12))[..., None]   # (b, t, d)
+            picked = torch.stack([weights[:, n, f] for n, f in copied], 1)              # (b, c, L, r, t)
+            words = (rearrange(picked, "b c l r t -> b (c l r) t") @ units).view(*picked.shape[:-1], -1)
         out = {}
         for n, role in enumerate(roles):
             made = []
             for f, factor in enumerate("ab"):
-                w = weights[:, n, f]                                     # (b, L, r, t)
-                row = self._read(getattr(self, f"read_{factor}")[role], torch.einsum("blrt,btd->blrd", w, x))
-                if f"{role}_{factor}" in gains:  # only factors of the tokens' size
-                    words = torch.einsum("blrt,btd->blrd", w * scale[:, None, None], tokens)
-                    row = row + gains[f"{role}_{factor}"][..., None] * words
+                row = self._read(getattr(self, f"read_{factor}")[role], mixed[:, n, f])   # (b, L, r, fan)
+                if (n, f) in copied:
+                    row = row + gains[f"{role}_{factor}"][..., None] * words[:, copied.index((n, f))]
                 made.append(row)
             out[role] = (made[0], made[1])                               # (b, L, r, in), (b, L, r, out)
         return out

@@ -320,3 +320,32 @@ def test_read_bottleneck_starts_as_the_truncated_svd_of_a_full_network(tokenizer
         HyperNetwork(HyperNetConfig.from_targets(targets, src.dim, read_rank=src.dim, **kw))
     with pytest.raises(ValueError, match="load_factored loads into a network with read_rank set"):
         full.load_factored(full.state_dict())
+
+
+def test_attention_readers_kept_queries_follow_every_weight_change(tokenizer):
+    """The token-space queries are kept between calls without autograd: a load or an optimiser
+    step must still change the output, and training must still reach the query weights."""
+    from hyperprag.embeddings import build_source
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    model = tiny_model("gemma3_text")
+    src = build_source("token-seq", model, tokenizer)
+    cfg = HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32, reader="attention",
+                                      copy_tokens=True, read_rank=4)
+    emb = src.embed([d.text for d in DOCS])
+    net, other = HyperNetwork(cfg), HyperNetwork(cfg)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    with torch.inference_mode():
+        net(emb)  # keeps the queries
+        net.load_state_dict(other.state_dict())
+        for (a0, b0), (a1, b1) in zip(other(emb).values(), net(emb).values()):
+            assert torch.equal(a0, a1) and torch.equal(b0, b1)
+    before = net(emb)["down"][1].detach()
+    loss = sum(b.square().sum() for _, b in net(emb).values())
+    loss.backward()
+    assert net.slot_embed.grad.abs().sum() > 0 and net.key.weight.grad.abs().sum() > 0
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    with torch.no_grad():
+        assert not torch.allclose(net(emb)["down"][1], before)
