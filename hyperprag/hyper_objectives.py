@@ -39,16 +39,15 @@ def stacked_factors(generated: dict[str, tuple[torch.Tensor, torch.Tensor]], tar
     in the mean): a question with two retrieved passages and one with three can share a batch."""
     if method not in ("sum", "mean"):
         raise ValueError(f"unknown merge method {method!r}; choose 'sum' or 'mean'")
-    weight = torch.ones(sets.shape, device=sets.device)
-    if method == "mean":
-        weight = weight / (sets >= 0).sum(1, keepdim=True).clamp_min(1)
+    # Per row, the mean's 1 / (documents in the set); the sum needs no scaling.
+    weight = 1.0 / (sets >= 0).sum(1).clamp_min(1) if method == "mean" else None
     factors = {}
     for t in targets:
         a, b = generated[t.role]
         a = torch.cat([a[:, t.layer], a.new_zeros(1, *a.shape[2:])])  # row -1: the zero adapter
         b = torch.cat([b[:, t.layer], b.new_zeros(1, *b.shape[2:])])
-        factors[t.name] = (rearrange(a[sets], "n k r i -> n (k r) i"),
-                           rearrange(b[sets] * weight[..., None, None].to(b.dtype), "n k o r -> n o (k r)"))
+        b = b[sets] if weight is None else b[sets] * weight.to(b.dtype)[:, None, None, None]
+        factors[t.name] = (rearrange(a[sets], "n k r i -> n (k r) i"), rearrange(b, "n k o r -> n o (k r)"))
     return factors
 
 

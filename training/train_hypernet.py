@@ -200,13 +200,14 @@ def main() -> None:
     pool = [d for d, _ in train_docs] + corpus_passages(cfg["passages"], cfg["skip_first_questions"], known)
     if cfg["passages"]:
         log(f"passages: {len(pool) - len(train_docs)} without questions, for the doc objective")
-    # The retrieved questions' passages join the pool (they are embedded by pool row like the rest).
-    retrieved = retrieved_questions(cfg["retrieved"], cfg["skip_first_questions"], cfg["top_k"])
+    # The retrieved questions' passages join the pool and are kept as pool rows (embedded like the rest).
+    retrieved = []
     pool_row = {content_hash(d.text): i for i, d in enumerate(pool)}
-    for top, _, _ in retrieved:
+    for top, question, answer in retrieved_questions(cfg["retrieved"], cfg["skip_first_questions"], cfg["top_k"]):
         for p in top:
             if pool_row.setdefault(content_hash(p.text), len(pool)) == len(pool):
                 pool.append(p)
+        retrieved.append(([pool_row[content_hash(p.text)] for p in top], question, answer))
     if cfg["retrieved"]:
         log(f"retrieved: {len(retrieved)} questions with their top {cfg['top_k']} passages")
     log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}) on {accelerator.device}")
@@ -297,10 +298,10 @@ def main() -> None:
         drawn = rng.sample(range(len(pool)), min(cfg["passages_per_step"], len(pool)))
         # Then the retrieved questions' passages, each question's set padded to top_k with -1.
         picked = [retrieved[i] for i in rng.sample(range(len(retrieved)), min(cfg["retrieved_per_step"], len(retrieved)))]
-        ret_rows = list({pool_row[content_hash(p.text)]: None for top, _, _ in picked for p in top})
+        ret_rows = list(dict.fromkeys(r for top, _, _ in picked for r in top))
         at = {r: len(idx) + len(drawn) + n for n, r in enumerate(ret_rows)}
-        ret_sets = torch.tensor([[at[pool_row[content_hash(p.text)]] for p in top] + [-1] * (cfg["top_k"] - len(top))
-                                 for top, _, _ in picked], dtype=torch.long, device=accelerator.device)
+        ret_sets = torch.tensor([[at[r] for r in top] + [-1] * (cfg["top_k"] - len(top)) for top, _, _ in picked],
+                                dtype=torch.long, device=accelerator.device)
         out_f = hypernet(embed(idx + drawn + ret_rows))
         rows, docs, questions, answers = [], [], [], []
         for r, i in enumerate(idx):
