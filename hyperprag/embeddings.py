@@ -121,9 +121,13 @@ class TokenSequence(TokenEmbedding):
         ids = self.token_ids(texts)
         if any(not doc for doc in ids):
             raise ValueError("a document with no tokens cannot be embedded token by token")
-        out = torch.zeros(len(ids), max(len(doc) for doc in ids), self.dim)
-        for i, doc in enumerate(ids):
-            out[i, : len(doc)] = self.table(torch.tensor(doc, device=self.table.weight.device)).float().cpu()
+        lengths = torch.tensor([len(doc) for doc in ids])
+        # One lookup for the whole batch; a single document needs no padded copy.
+        rows = self.table(torch.tensor([t for doc in ids for t in doc], device=self.table.weight.device)).float().cpu()
+        if len(ids) == 1:
+            return rows[None]
+        out = torch.zeros(len(ids), int(lengths.max()), self.dim)
+        out[torch.arange(out.shape[1]) < lengths[:, None]] = rows   # row-major: document by document
         return out
 
 

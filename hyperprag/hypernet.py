@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from einops import rearrange
@@ -77,6 +78,16 @@ class HyperNetConfig:
                    roles=roles, **kw)
 
 
+class ReadSlot(NamedTuple):
+    """One (role, factor) of the attention reader, as its forward pass uses it."""
+    role: str
+    factor: str                   # "a" or "b"
+    bottleneck: torch.Tensor | None   # (read_rank, d), or None: full maps
+    weight: torch.Tensor          # the output map's, times head_multiplier: (fan, read_rank or d)
+    bias: torch.Tensor            # (fan,), or (L, r, fan) less the stored mean B
+    gain: torch.Tensor | None     # copy gain (L, r, 1), or None: no copy path
+
+
 class HyperNetwork(nn.Module):
     def __init__(self, config: HyperNetConfig):
         super().__init__()
@@ -136,14 +147,6 @@ class HyperNetwork(nn.Module):
         """The linear map that writes the factor: the whole map, or the one after the bottleneck."""
         return read_map[1] if isinstance(read_map, nn.Sequential) else read_map
 
-    def _read(self, read_map: nn.Module, mixed: torch.Tensor) -> torch.Tensor:
-        """A token mix -> a factor row; ``head_multiplier`` scales the output map's weights only
-        (applied to its input, the same product: the input is the smaller tensor to scale)."""
-        out = self._output_of(read_map)
-        if out is not read_map:
-            mixed = read_map[0](mixed)
-        return F.linear(mixed * self.config.head_multiplier, out.weight, out.bias)
-
     @torch.no_grad()
     def load_factored(self, state: dict[str, torch.Tensor]) -> None:
         """Load a network with full read maps into this one, whose maps have a bottleneck: each map
@@ -181,17 +184,20 @@ class HyperNetwork(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``embeddings`` (batch, embed_dim), or (batch, tokens, embed_dim) for the attention reader,
         -> per role (A, B) of shapes (batch, layers, r, in) and (batch, layers, out, r)."""
-        out = self._generate(embeddings)  # B transposed, (batch, layers, r, out): rows, as made
-        if self.config.center:
-            if self.training:
-                if embeddings.shape[0] < 2:
-                    raise ValueError("a centred hypernetwork trains on at least two documents a batch")
-                out = {r: (a, bt - bt.mean(0, keepdim=True)) for r, (a, bt) in out.items()}
-            else:
-                # (the mean made contiguous first: a broadcast read along its strided axis is slow)
-                out = {r: (a, bt - getattr(self, f"b_mean_{r}").transpose(-1, -2).contiguous())
-                       for r, (a, bt) in out.items()}
+        center = self.config.center
+        # B transposed, (batch, layers, r, out): rows, as made. At inference the stored mean is
+        # subtracted while they are made; in training the batch's own mean, after.
+        out = self._generate(embeddings, centred=center and not self.training)
+        if center and self.training:
+            if embeddings.shape[0] < 2:
+                raise ValueError("a centred hypernetwork trains on at least two documents a batch")
+            out = {r: (a, bt - bt.mean(0, keepdim=True)) for r, (a, bt) in out.items()}
         return {r: (a, rearrange(bt, "b l r o -> b l o r")) for r, (a, bt) in out.items()}
+
+    def _mean_b_rows(self, role: str) -> torch.Tensor:
+        """The stored mean B of a role as rows, (layers, r, out), made contiguous: a broadcast read
+        along its strided axis is slow."""
+        return getattr(self, f"b_mean_{role}").transpose(-1, -2).contiguous()
 
     @torch.no_grad()
     def set_center(self, batches: Iterable[torch.Tensor]) -> None:
@@ -199,7 +205,7 @@ class HyperNetwork(nn.Module):
         (token-level embeddings of a whole corpus would not fit in memory at once), for inference."""
         sums, count = None, 0
         for emb in batches:
-            part = {r: bt.sum(0).transpose(-1, -2) for r, (_, bt) in self._generate(emb).items()}
+            part = {r: bt.sum(0).transpose(-1, -2) for r, (_, bt) in self._generate(emb, centred=False).items()}
             sums = part if sums is None else {r: sums[r] + part[r] for r in sums}
             count += emb.shape[0]
         if not count:
@@ -207,64 +213,88 @@ class HyperNetwork(nn.Module):
         for r, total in sums.items():
             getattr(self, f"b_mean_{r}").copy_(total / count)
 
-    def _generate(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per role (A, B transposed), uncentred."""
+    def _generate(self, embeddings: torch.Tensor, centred: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per role (A, B transposed); ``centred``: less the stored mean B."""
         want = 3 if self.config.reader == "attention" else 2
         if embeddings.dim() != want:
             raise ValueError(f"the {self.config.reader} reader takes {want}-d embeddings, got shape "
                              f"{tuple(embeddings.shape)}: is the embedding source the one it was built for?")
-        return self._attend(embeddings) if want == 3 else self._pool(embeddings)
+        return self._attend(embeddings, centred) if want == 3 else self._pool(embeddings, centred)
 
-    def _token_queries(self) -> torch.Tensor:
-        """Every role's queries (role + factor slot + layer) at once, taken into token space through
-        the key map: q . (W x + c) = (q W) . x + q . c, and q . c is the same for every token, which
-        the softmax ignores. So no key is computed per token: (b, t, d) x (d, h) saved per document.
-        They depend on the weights alone: without autograd they are kept until a weight changes
-        (in place, as an optimiser step or a load does, or by a move), a third of a batch-1 call."""
-        params = (self.slot_embed, self.layer_embed.weight, self.key.weight, *self.role_embed.values())
-        stamp = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
-        cached = getattr(self, "_queries_cache", None)
+    def _slots(self) -> list[tuple[str, str]]:
+        """Every (role, factor) the reader makes, those with a copy gain first: then their attention
+        weights are one contiguous block for the copy path."""
+        gains = self.copy_gain if self.config.copy_tokens else {}
+        return sorted(((r, f) for r in self.config.roles for f in "ab"), key=lambda s: f"{s[0]}_{s[1]}" not in gains)
+
+    def _reader_plan(self, centred: bool) -> tuple[torch.Tensor, list[ReadSlot]]:
+        """What the attention reader computes from its weights alone, folded for the forward pass:
+
+        - every slot's queries (role + factor + layer + rank) taken into token space through the key
+          map: q . (W x + c) = (q W) . x + q . c, and q . c is the same for every token, which the
+          softmax ignores. So no key is computed per token: (b, t, d) x (d, h) saved per document;
+        - ``head_multiplier`` folded into the output maps' weights;
+        - at inference, the stored mean B folded into the output maps' bias (one matrix per layer).
+
+        Without autograd the plan is kept until a weight or buffer changes (in place, as an
+        optimiser step, a load or ``set_center`` does, or by a move): it is half a batch-1 call."""
+        cfg = self.config
+        tensors = (*self.parameters(), *self.buffers())
+        stamp = (centred, tuple((t._version, t.data_ptr(), t.dtype) for t in tensors))
+        cached = getattr(self, "_plan_cache", None)
         if not torch.is_grad_enabled() and cached is not None and cached[0] == stamp:
             return cached[1]
-        slots = rearrange(self.slot_embed, "(f r) h -> f r h", f=2)      # A rows, then B columns
-        queries = torch.stack([slots[:, None] + self.layer_embed.weight[None, :, None] + self.role_embed[r]
-                               for r in self.config.roles])             # (roles, 2, L, r, h)
-        token_queries = queries @ self.key.weight / self.config.hidden ** 0.5   # (roles, 2, L, r, d)
+        slots = self._slots()
+        halves = rearrange(self.slot_embed, "(f r) h -> f r h", f=2)    # A rows, then B columns
+        queries = torch.stack([halves["ab".index(f)][None] + self.layer_embed.weight[:, None] + self.role_embed[r]
+                               for r, f in slots])                       # (slots, L, r, h)
+        token_queries = rearrange(queries @ self.key.weight, "s l r d -> (s l r) d") / cfg.hidden ** 0.5
+        gains = self.copy_gain if cfg.copy_tokens else {}
+        plan = []
+        for role, factor in slots:
+            read_map = getattr(self, f"read_{factor}")[role]
+            out = self._output_of(read_map)
+            bias = out.bias
+            if centred and factor == "b":
+                bias = (bias - self._mean_b_rows(role)).contiguous()     # (L, r, out)
+            gain = gains[f"{role}_{factor}"][..., None] if f"{role}_{factor}" in gains else None
+            plan.append(ReadSlot(role, factor, None if out is read_map else read_map[0].weight,
+                                 out.weight * cfg.head_multiplier, bias, gain))
         if not torch.is_grad_enabled():
-            self._queries_cache = (stamp, token_queries)
-        return token_queries
+            self._plan_cache = (stamp, (token_queries, plan))
+        return token_queries, plan
 
-    def _attend(self, tokens: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        cfg, roles = self.config, list(self.config.roles)
+    def _attend(self, tokens: torch.Tensor, centred: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        cfg, (b, t, d) = self.config, tokens.shape
+        token_queries, plan = self._reader_plan(centred)
         norms = tokens.norm(dim=-1)                                      # (b, t)
         padding = norms == 0                                             # rows of zeros
         x = self.token_norm(tokens)                                      # (b, t, d)
-        scores = torch.einsum("nflrd,btd->bnflrt", self._token_queries(), x)
-        weights = scores.masked_fill(padding[:, None, None, None, None, :], float("-inf")).softmax(-1)
-        # Every (role, factor)'s token mix in one batched product rather than six small ones.
-        mixed = (rearrange(weights, "b n f l r t -> b (n f l r) t") @ x).view(*weights.shape[:-1], -1)
+        scores = torch.bmm(token_queries.expand(b, -1, -1), x.mT)       # (b, slots*L*r, t)
+        if padding.any():
+            scores = scores.masked_fill(padding[:, None, :], float("-inf"))
+        weights = scores.softmax(-1)
+        # Every slot's token mix in one batched product rather than six small ones.
+        mixed = (weights @ x).view(b, len(plan), cfg.num_layers, cfg.rank, d)
         # Copy path: the attended tokens' unit vectors times sqrt(d) (entries of order 1, so the gains
         # move a factor at the pace Adam moves a LoRA's own entries, as head_multiplier does for the
-        # heads). Only the factors of the tokens' size have a gain; their mixes are taken together,
-        # of the tokens rescaled once. Padding (norm 0) has weight 0 and a finite scale.
-        gains = self.copy_gain if cfg.copy_tokens else {}
-        copied = [(n, f) for n, role in enumerate(roles) for f, factor in enumerate("ab") if f"{role}_{factor}" in gains]
+        # heads). The slots with a gain come first; the per-token rescaling is applied to their
+        # weights, the smaller tensor. Padding has weight 0, so its (huge) scale adds nothing.
+        copied = sum(s.gain is not None for s in plan)
         if copied:
-            units = tokens * (tokens.shape[-1] ** 0.5 / norms.clamp_min(1e-12))[..., None]   # (b, t, d)
-            picked = torch.stack([weights[:, n, f] for n, f in copied], 1)              # (b, c, L, r, t)
-            words = (rearrange(picked, "b c l r t -> b (c l r) t") @ units).view(*picked.shape[:-1], -1)
-        out = {}
-        for n, role in enumerate(roles):
-            made = []
-            for f, factor in enumerate("ab"):
-                row = self._read(getattr(self, f"read_{factor}")[role], mixed[:, n, f])   # (b, L, r, fan)
-                if (n, f) in copied:
-                    row = row + gains[f"{role}_{factor}"][..., None] * words[:, copied.index((n, f))]
-                made.append(row)
-            out[role] = (made[0], made[1])                               # (b, L, r, in), (b, L, r, out)
-        return out
+            scale = (d ** 0.5 / norms.clamp_min(1e-12))[:, None, :]
+            words = (weights[:, : copied * cfg.num_layers * cfg.rank] * scale) @ tokens
+            words = words.view(b, copied, cfg.num_layers, cfg.rank, d)
+        made: dict[str, dict[str, torch.Tensor]] = {}
+        for i, s in enumerate(plan):
+            z = mixed[:, i] if s.bottleneck is None else F.linear(mixed[:, i], s.bottleneck)
+            row = F.linear(z, s.weight).add_(s.bias)                     # (b, L, r, fan)
+            if s.gain is not None:
+                row.addcmul_(s.gain, words[:, i])
+            made.setdefault(s.role, {})[s.factor] = row
+        return {r: (made[r]["a"], made[r]["b"]) for r in cfg.roles}      # (b, L, r, in), (b, L, r, out)
 
-    def _pool(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _pool(self, embeddings: torch.Tensor, centred: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.config
         doc = self.trunk(embeddings)                                     # (b, h)
         layers = self.layer_embed.weight                                 # (L, h)
@@ -274,8 +304,9 @@ class HyperNetwork(nn.Module):
             head = self.heads[role]
             flat = F.linear(z, head.weight) * cfg.head_multiplier + head.bias   # (b, L, r*(in+out))
             a, b = flat.split([cfg.rank * fan_in, cfg.rank * fan_out], dim=-1)
+            bt = rearrange(b, "b l (o r) -> b l r o", r=cfg.rank)
             out[role] = (rearrange(a, "b l (r i) -> b l r i", r=cfg.rank),
-                         rearrange(b, "b l (o r) -> b l r o", r=cfg.rank))
+                         bt - self._mean_b_rows(role) if centred else bt)
         return out
 
     def num_parameters(self) -> int:

@@ -230,17 +230,24 @@ def test_token_sequence_source_gets_the_attention_reader_at_exact_shapes(arch, t
         enc.hypernet(torch.randn(2, model.config.hidden_size))
 
 
-def test_attention_reader_ignores_padding_and_reads_every_token(tmp_path, tokenizer):
-    """Batched encode equals one-by-one although shorter documents are padded, and changing one
-    word changes the adapter."""
+@pytest.mark.parametrize("kw", [{}, {"copy_tokens": True, "read_rank": 4}])
+def test_attention_reader_ignores_padding_and_reads_every_token(tmp_path, tokenizer, kw):
+    """Batched encode equals one-by-one although shorter documents are padded, the stored mean B is
+    subtracted exactly, and changing one word changes the adapter."""
     from hyperprag.embeddings import build_source
 
     model = tiny_model()
-    enc = HyperEncoder.create(model, build_source("token-seq", model, tokenizer), hidden=32, center=True)
+    enc = HyperEncoder.create(model, build_source("token-seq", model, tokenizer), hidden=32, center=True, **kw)
+    net = enc.hypernet
     with torch.no_grad():  # a trained net, not the near-uniform init, so that attention matters
-        for p in enc.hypernet.parameters():
+        for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    enc.hypernet.set_center([enc.source.embed([d.text for d in DOCS])])
+        emb = enc.source.embed([d.text for d in DOCS])
+        uncentred = net(emb)  # the stored means are still zero
+        net.set_center([emb])
+        for role, (a, b) in net(emb).items():
+            assert torch.equal(a, uncentred[role][0])
+            assert torch.allclose(b, uncentred[role][1] - getattr(net, f"b_mean_{role}"), atol=1e-6)
     batched = enc.encode(DOCS)
     for x, d in zip(batched, DOCS):
         y = enc.encode([d])[0]
