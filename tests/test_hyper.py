@@ -356,3 +356,46 @@ def test_attention_readers_kept_queries_follow_every_weight_change(tokenizer):
     torch.optim.SGD(net.parameters(), lr=0.1).step()
     with torch.no_grad():
         assert not torch.allclose(net(emb)["down"][1], before)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_attention_reader_computes_its_definition(tokenizer, centred):
+    """Each generated row against the reader written out plainly for one (role, factor, layer,
+    rank): a query (slot + layer + role embeddings) attends over the keys of the normalised tokens,
+    the mix goes through the read map (times head_multiplier), the copy path adds the gain times
+    the attended unit tokens, and at inference the stored mean B is taken off. The forward pass
+    folds all of this (queries split into parts, multiplier and mean in the maps' weights)."""
+    from hyperprag.embeddings import build_source
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    model = tiny_model("gemma3_text")
+    src = build_source("token-seq", model, tokenizer)
+    net = HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32, reader="attention",
+                                                   copy_tokens=True, read_rank=4, center=True, head_multiplier=0.5))
+    emb = src.embed([d.text for d in DOCS])
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+        for buf in net.buffers():
+            buf.normal_()
+        net.train(not centred)
+        out = net._generate(emb, centred)  # rows, before any batch centring
+        slots = net.slot_embed.view(2, net.config.rank, -1)
+        for role, (fan_in, fan_out) in net.config.roles.items():
+            for f, factor in enumerate("ab"):
+                for layer, rank in [(0, 0), (1, 1)]:
+                    q = slots[f, rank] + net.layer_embed.weight[layer] + net.role_embed[role]
+                    for i, d in enumerate(DOCS):
+                        n = len(tokenizer(d.text, add_special_tokens=False)["input_ids"])
+                        toks = emb[i, :n]
+                        x = net.token_norm(toks)
+                        w = ((net.key(x) @ q) / net.config.hidden ** 0.5).softmax(0)
+                        read = getattr(net, f"read_{factor}")[role]
+                        want = read[1].weight @ (read[0].weight @ (w @ x)) * 0.5 + read[1].bias
+                        if f"{role}_{factor}" in net.copy_gain:
+                            units = toks / toks.norm(dim=-1, keepdim=True) * src.dim ** 0.5
+                            want = want + net.copy_gain[f"{role}_{factor}"][layer, rank] * (w @ units)
+                        if centred and factor == "b":
+                            want = want - getattr(net, f"b_mean_{role}")[layer, :, rank]
+                        got = out[role][f][i, layer, rank]
+                        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (role, factor, layer, rank, i)
