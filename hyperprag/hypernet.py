@@ -306,7 +306,7 @@ class HyperNetwork(nn.Module):
             if s.gain is not None:
                 row.addcmul_(s.gain, words[:, i])
             made.setdefault(s.role, {})[s.factor] = row
-        return {r: (made[r]["a"], made[r]["b"]) for r in cfg.roles}      # (b, L, r, in), (b, L, r, out)
+        return {role: (made[role]["a"], made[role]["b"]) for role in cfg.roles}   # (b, L, r, in), (b, L, r, out)
 
     def _pool(self, embeddings: torch.Tensor, centred: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.config
