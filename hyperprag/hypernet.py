@@ -59,6 +59,11 @@ class HyperNetConfig:
     # close to low-rank (benchmarks/hyper_speed.md), and ``load_factored`` starts a bottlenecked
     # network from a full one by truncated SVD. None: full maps (checkpoints from before the option).
     read_rank: int | None = None
+    # Attention reader only: before the queries read them, the normalised token vectors get a
+    # learned per-channel mix of their neighbours within this (odd) window, starting at zero. A token
+    # vector alone cannot say what role a word plays ("1996" after "founded in"); its neighbours can,
+    # for ~d x window weights and well under a millisecond. None: no context (earlier checkpoints).
+    context_kernel: int | None = None
 
     @property
     def scaling(self) -> float:
@@ -102,8 +107,9 @@ class HyperNetwork(nn.Module):
         self.config = config
         if config.reader not in ("pooled", "attention"):
             raise ValueError(f"unknown reader {config.reader!r}; use 'pooled' or 'attention'")
-        if config.copy_tokens and config.reader != "attention":
-            raise ValueError("copy_tokens needs the attention reader (a per-token embedding source, token-seq)")
+        for option in ("copy_tokens", "context_kernel"):
+            if getattr(config, option) and config.reader != "attention":
+                raise ValueError(f"{option} needs the attention reader (a per-token embedding source, token-seq)")
         if config.reader == "attention":
             self._init_attention_reader()
         else:
@@ -135,6 +141,11 @@ class HyperNetwork(nn.Module):
                 for role, dims in cfg.roles.items() for factor, dim in zip("ab", dims) if dim == d})
             if not self.copy_gain:
                 raise ValueError(f"copy_tokens: no target reads or writes vectors of the source's size {d}")
+        if cfg.context_kernel is not None:
+            if cfg.context_kernel < 3 or cfg.context_kernel % 2 == 0:
+                raise ValueError(f"context_kernel must be odd and at least 3, got {cfg.context_kernel}")
+            self.context = nn.Conv1d(d, d, cfg.context_kernel, padding=cfg.context_kernel // 2, groups=d, bias=False)
+            nn.init.zeros_(self.context.weight)  # starts as the reader without context
         fan = cfg.read_rank or d  # what the output map reads: the bottleneck, or the token mix
         for role, (fan_in, _) in cfg.roles.items():  # a LoRA's init, as for the pooled heads below
             for read_map in (self.read_a[role], self.read_b[role]):
@@ -281,6 +292,9 @@ class HyperNetwork(nn.Module):
         norms = tokens.norm(dim=-1)                                      # (b, t)
         padding = norms == 0                                             # rows of zeros
         x = self.token_norm(tokens)                                      # (b, t, d)
+        if cfg.context_kernel is not None:  # padding must not leak into the last tokens' context
+            xc = x.masked_fill(padding[..., None], 0.0) if padding.any() else x
+            x = x + self.context(xc.mT).mT
         part_scores = torch.bmm(plan.part_queries.expand(b, -1, -1), x.mT)   # (b, 2r + L + roles, t)
         by_slot, by_layer, by_role = part_scores.split([2 * r, L, len(cfg.roles)], dim=1)
         by_slot = by_slot.view(b, 2, r, t)[:, plan.slot_factor]          # (b, slots, r, t)

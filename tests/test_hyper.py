@@ -230,7 +230,7 @@ def test_token_sequence_source_gets_the_attention_reader_at_exact_shapes(arch, t
         enc.hypernet(torch.randn(2, model.config.hidden_size))
 
 
-@pytest.mark.parametrize("kw", [{}, {"copy_tokens": True, "read_rank": 4}])
+@pytest.mark.parametrize("kw", [{}, {"copy_tokens": True, "read_rank": 4}, {"copy_tokens": True, "context_kernel": 5}])
 def test_attention_reader_ignores_padding_and_reads_every_token(tmp_path, tokenizer, kw):
     """Batched encode equals one-by-one although shorter documents are padded, the stored mean B is
     subtracted exactly, and changing one word changes the adapter."""
@@ -358,10 +358,12 @@ def test_attention_readers_kept_queries_follow_every_weight_change(tokenizer):
         assert not torch.allclose(net(emb)["down"][1], before)
 
 
-@pytest.mark.parametrize("centred", [False, True])
-def test_attention_reader_computes_its_definition(tokenizer, centred):
+@pytest.mark.parametrize("centred,context", [(False, None), (True, None), (True, 3)])
+def test_attention_reader_computes_its_definition(tokenizer, centred, context):
     """Each generated row against the reader written out plainly for one (role, factor, layer,
-    rank): a query (slot + layer + role embeddings) attends over the keys of the normalised tokens,
+    rank): the normalised tokens get their neighbours' context (a per-channel weight for each
+    offset in the window, nothing beyond the document's ends), then
+    a query (slot + layer + role embeddings) attends over the keys of those tokens,
     the mix goes through the read map (times head_multiplier), the copy path adds the gain times
     the attended unit tokens, and at inference the stored mean B is taken off. The forward pass
     folds all of this (queries split into parts, multiplier and mean in the maps' weights)."""
@@ -371,7 +373,8 @@ def test_attention_reader_computes_its_definition(tokenizer, centred):
     model = tiny_model("gemma3_text")
     src = build_source("token-seq", model, tokenizer)
     net = HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32, reader="attention",
-                                                   copy_tokens=True, read_rank=4, center=True, head_multiplier=0.5))
+                                                   copy_tokens=True, read_rank=4, center=True, head_multiplier=0.5,
+                                                   context_kernel=context))
     emb = src.embed([d.text for d in DOCS])
     with torch.no_grad():
         for p in net.parameters():
@@ -389,6 +392,13 @@ def test_attention_reader_computes_its_definition(tokenizer, centred):
                         n = len(tokenizer(d.text, add_special_tokens=False)["input_ids"])
                         toks = emb[i, :n]
                         x = net.token_norm(toks)
+                        if context:
+                            near = torch.zeros_like(x)
+                            for j in range(n):
+                                for o in range(context):
+                                    if 0 <= j + o - context // 2 < n:
+                                        near[j] += net.context.weight[:, 0, o] * x[j + o - context // 2]
+                            x = x + near
                         w = ((net.key(x) @ q) / net.config.hidden ** 0.5).softmax(0)
                         read = getattr(net, f"read_{factor}")[role]
                         want = read[1].weight @ (read[0].weight @ (w @ x)) * 0.5 + read[1].bias
@@ -399,3 +409,9 @@ def test_attention_reader_computes_its_definition(tokenizer, centred):
                             want = want - getattr(net, f"b_mean_{role}")[layer, :, rank]
                         got = out[role][f][i, layer, rank]
                         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (role, factor, layer, rank, i)
+    if context:
+        with pytest.raises(ValueError, match="context_kernel must be odd"):
+            HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, reader="attention",
+                                                     context_kernel=4))
+        with pytest.raises(ValueError, match="context_kernel needs the attention reader"):
+            HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, context_kernel=3))

@@ -22,13 +22,15 @@ generated adapters of its top ``top_k`` passages by BM25 among its own candidate
 benchmark does on HotpotQA and PopQA, multi-passage questions included; questions whose top
 passages belong to the first ``skip_first_questions`` questions are left out).
 ``embedding`` picks the document embedding: ``token-seq`` (one vector per token, looked up for
-each batch) gives the hypernetwork its attention reader, and ``copy_tokens`` its copy path.
+each batch) gives the hypernetwork its attention reader, ``copy_tokens`` its copy path, and
+``context_kernel`` a window of neighbouring tokens mixed into each token before it is read.
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
 to k - 1 others, as top-k retrieval merges them.
 The run checkpoints every ``save_every`` steps and resumes from the last one; ``snapshot_every``
 also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning curve.
 ``read_rank`` puts a bottleneck in the attention reader's read maps (faster to run), and
-``init_from`` starts from a trained checkpoint (a full-map one is factored by truncated SVD).
+``init_from`` starts from a trained checkpoint (a full-map one is factored by truncated SVD; one
+without the context gets it at zero).
 ``max_minutes`` bounds the run's wall-clock time (resumes included), for a machine lent for a
 fixed time: the run then ends at ``steps`` or at the budget, whichever comes first, and the
 learning rate's cosine follows whichever is nearer its end, so a cut run still ends annealed.
@@ -70,8 +72,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
-    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
-    "lr": 1e-3, "weight_decay": 0.0, "warmup": 10, "seed": 0,
+    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "context_kernel": None, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
+    "lr": 1e-3, "context_lr_scale": 1.0, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64,
     "retrieved": [], "retrieved_per_step": 0, "top_k": 3, "skip_first_questions": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
@@ -155,17 +157,24 @@ def retrieved_questions(files: list[str], skip_first: int, top_k: int) -> list[t
 def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> None:
     """Start from a trained checkpoint of the same design, or from a full-read-map one when this run
     has ``read_rank`` (its maps then start as their truncated SVD: a faster network that keeps what
-    the full one learned). Anything else differing is refused, naming both."""
+    the full one learned), or from one without the token context when this run adds it (the context
+    starts at zero, so the network starts as the checkpoint). Anything else differing is refused,
+    naming both."""
     start = HyperEncoder.from_pretrained(ckpt, model, tokenizer, source=source).hypernet
     mine, theirs = encoder.hypernet.config.to_dict(), start.config.to_dict()
-    differ = sorted(k for k in mine if k != "read_rank" and mine[k] != theirs[k])
+    adds_context = theirs["context_kernel"] is None
+    differ = sorted(k for k in mine if k != "read_rank" and mine[k] != theirs[k]
+                    and not (k == "context_kernel" and adds_context))
     if differ:
         sys.exit(f"init_from {ckpt}: its hypernetwork differs from this config's in {differ}: "
                  + ", ".join(f"{k} {theirs[k]} there, {mine[k]} here" for k in differ))
+    state = start.state_dict()
+    if adds_context and mine["context_kernel"] is not None:
+        state["context.weight"] = encoder.hypernet.context.weight.detach().clone()  # zeros
     if mine["read_rank"] == theirs["read_rank"]:
-        encoder.hypernet.load_state_dict(start.state_dict())
+        encoder.hypernet.load_state_dict(state)
     elif theirs["read_rank"] is None:
-        encoder.hypernet.load_factored(start.state_dict())
+        encoder.hypernet.load_factored(state)
     else:
         sys.exit(f"init_from {ckpt}: read_rank {theirs['read_rank']} there, {mine['read_rank']} here; only "
                  f"a full-map checkpoint (read_rank null) can start a bottlenecked run")
@@ -225,7 +234,7 @@ def main() -> None:
     head_mult = cfg["head_multiplier"] if cfg["head_multiplier"] is not None else 1.0 / cfg["hidden"]
     encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
                                   head_multiplier=head_mult, center=cfg["center"], copy_tokens=cfg["copy_tokens"],
-                                  read_rank=cfg["read_rank"])
+                                  read_rank=cfg["read_rank"], context_kernel=cfg["context_kernel"])
     if cfg["init_from"]:
         warm_start(encoder, cfg["init_from"], model, tokenizer, source)
         log(f"initialised from {cfg['init_from']}")
@@ -233,7 +242,12 @@ def main() -> None:
     log(f"hypernetwork: {encoder.hypernet.num_parameters():,} parameters")
     recon_store = AdapterStore(cfg["recon_store"]) if cfg["weights"].get("recon") else None
 
-    optim = torch.optim.AdamW(encoder.hypernet.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    # The token context starts at zero and added to a warm-started network it has a short run to
+    # grow: ``context_lr_scale`` lets its weights move faster than the rest.
+    context = [p for n, p in encoder.hypernet.named_parameters() if n.startswith("context.")]
+    rest = [p for n, p in encoder.hypernet.named_parameters() if not n.startswith("context.")]
+    groups = [{"params": rest, "lr_scale": 1.0}] + ([{"params": context, "lr_scale": cfg["context_lr_scale"]}] if context else [])
+    optim = torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     hypernet, optim = accelerator.prepare(encoder.hypernet, optim)
 
     # --- resume ------------------------------------------------------------------------------
@@ -257,7 +271,7 @@ def main() -> None:
     def set_lr(done: float) -> float:
         lr = cfg["lr"] * min(1.0, (step + 1) / max(cfg["warmup"], 1)) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         for group in optim.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         return lr
 
     def save_encoder(path: Path) -> None:
