@@ -10,7 +10,7 @@ from typing import Protocol
 import torch
 
 from .embedder import DEFAULT_EMBEDDER_ID, load_embedder
-from .models import model_id
+from .models import _decoder_layers, model_id
 
 
 class EmbeddingSource(Protocol):
@@ -131,9 +131,63 @@ class TokenSequence(TokenEmbedding):
         return out
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the wanted layer has run."""
+
+
+class HiddenSequence(TokenSequence):
+    """The base model's hidden state of every token after its first ``layer`` layers: token vectors
+    that have read their context (which entity a number belongs to), for the attention reader.
+
+    The question it answers: does the reader fail to bind a passage's facts because it sees each
+    word alone? It costs a forward pass through ``layer`` layers per document, hundreds of
+    milliseconds on one CPU thread against the speed bar's ~5 ms, so it is a probe, not a
+    candidate for the CPU default. Rows line up with ``TokenSequence``'s (the BOS token the model
+    needs is read but not returned); padding rows are zeros.
+    """
+
+    def __init__(self, model, tokenizer, layer: int | None = None, max_tokens: int = 256):
+        super().__init__(model, tokenizer, max_tokens)
+        self.model = model
+        self.layer = layer if layer is not None else model.config.num_hidden_layers // 3
+        if not 0 < self.layer <= model.config.num_hidden_layers:
+            raise ValueError(f"layer must be between 1 and {model.config.num_hidden_layers}, got {self.layer}")
+        self.id = f"hidden-seq:{model_id(model)}:{self.layer}"
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = self.token_ids(texts)
+        if any(not doc for doc in ids):
+            raise ValueError("a document with no tokens cannot be embedded token by token")
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        width = max(len(doc) for doc in ids) + len(bos)
+        device = self.table.weight.device
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id or 0, device=device)
+        mask = torch.zeros(len(ids), width, dtype=torch.long, device=device)
+        for i, doc in enumerate(ids):
+            input_ids[i, : len(bos) + len(doc)] = torch.tensor(bos + doc)
+            mask[i, : len(bos) + len(doc)] = 1
+        captured = []
+
+        def keep(module, args, output):
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _Stop
+
+        hook = _decoder_layers(self.model)[self.layer - 1].register_forward_hook(keep)
+        try:
+            self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            hook.remove()
+        states = captured[0][:, len(bos):].float()
+        return (states * mask[:, len(bos):, None]).cpu()   # padding rows are zeros
+
+
 def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
     """``sentence`` / ``sentence:PATH``, ``hidden`` / ``hidden:MODEL:L1,L2``, ``tokens`` /
-    ``tokens:MODEL`` or ``token-seq`` / ``token-seq:MODEL`` (as saved in checkpoints)."""
+    ``tokens:MODEL``, ``token-seq`` / ``token-seq:MODEL`` or ``hidden-seq`` / ``hidden-seq:MODEL:L``
+    (as saved in checkpoints)."""
     kind, _, rest = spec.partition(":")
     if kind == "sentence":
         return SentenceEmbedding(None if rest in ("", DEFAULT_EMBEDDER_ID) else rest)
@@ -144,4 +198,7 @@ def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
         return TokenEmbedding(model, tokenizer)
     if kind == "token-seq":
         return TokenSequence(model, tokenizer)
-    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden', 'tokens' or 'token-seq'")
+    if kind == "hidden-seq":
+        return HiddenSequence(model, tokenizer, int(rest.rsplit(":", 1)[-1]) if rest else None)
+    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden', 'tokens', 'token-seq' "
+                     f"or 'hidden-seq'")

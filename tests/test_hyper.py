@@ -230,6 +230,36 @@ def test_token_sequence_source_gets_the_attention_reader_at_exact_shapes(arch, t
         enc.hypernet(torch.randn(2, model.config.hidden_size))
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_hidden_sequence_source_gives_each_tokens_hidden_state_after_its_layer(arch, tokenizer):
+    """Rows are the model's own hidden states after ``layer`` layers (the run stops there), lined
+    up with the document's tokens (the BOS token read, not returned); padding rows are zeros, a
+    batch equals one by one, and the id names the layer, so a checkpoint refuses another."""
+    from hyperprag.embeddings import build_source
+
+    import copy
+
+    model = tiny_model(arch)
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.bos_token = "[CLS]"  # as Gemma's tokenizer has one (MiniLM's has none)
+    src = build_source("hidden-seq:x:1", model, tokenizer)
+    assert src.id.endswith(":1") and src.per_token and src.dim == model.config.hidden_size
+    texts = ["short", "a longer text here"]
+    emb = src.embed(texts)
+    for i, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        full = torch.tensor([[tokenizer.bos_token_id] + ids])
+        with torch.no_grad():
+            want = model(input_ids=full, output_hidden_states=True).hidden_states[1][0, 1:]
+        assert torch.allclose(emb[i, : len(ids)], want, atol=1e-5)
+        assert emb[i, len(ids):].abs().sum() == 0
+        assert torch.allclose(src.embed([text])[0], want, atol=1e-5)
+    deeper = build_source("hidden-seq:x:2", model, tokenizer).embed(texts)
+    assert not torch.allclose(deeper, emb)
+    with pytest.raises(ValueError, match="layer must be between 1 and"):
+        build_source(f"hidden-seq:x:{model.config.num_hidden_layers + 1}", model, tokenizer)
+
+
 @pytest.mark.parametrize("kw", [{}, {"copy_tokens": True, "read_rank": 4}, {"copy_tokens": True, "context_kernel": 5}])
 def test_attention_reader_ignores_padding_and_reads_every_token(tmp_path, tokenizer, kw):
     """Batched encode equals one-by-one although shorter documents are padded, the stored mean B is
