@@ -126,7 +126,7 @@ class TokenSequence(TokenEmbedding):
         rows = self.table(torch.tensor([t for doc in ids for t in doc], device=self.table.weight.device)).float().cpu()
         if len(ids) == 1:
             return rows[None]
-        out = torch.zeros(len(ids), int(lengths.max()), self.dim)
+        out = torch.zeros(len(ids), int(lengths.max()), rows.shape[-1])
         out[torch.arange(out.shape[1]) < lengths[:, None]] = rows   # row-major: document by document
         return out
 
@@ -184,10 +184,30 @@ class HiddenSequence(TokenSequence):
         return (states * mask[:, len(bos):, None]).cpu()   # padding rows are zeros
 
 
+class HiddenAndWords(HiddenSequence):
+    """Each token as its hidden state after ``layer`` layers joined to its own input embedding,
+    each part scaled to unit RMS: the reader attends over context and words, and the copy path
+    (``copy_dim`` = the model's width) copies the words alone, which Gemma's LM head reads.
+
+    Separates two things ``hidden-seq`` mixes up: reading tokens in context, and writing words.
+    """
+
+    def __init__(self, model, tokenizer, layer: int | None = None, max_tokens: int = 256):
+        super().__init__(model, tokenizer, layer, max_tokens)
+        self.id = f"hidden-seq+words:{model_id(model)}:{self.layer}"
+        self.dim = 2 * model.config.hidden_size
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        parts = (super().embed(texts), TokenSequence.embed(self, texts))
+        # Unit RMS per row; padding rows stay zeros.
+        return torch.cat([p / p.square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12) for p in parts], dim=-1)
+
+
 def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
     """``sentence`` / ``sentence:PATH``, ``hidden`` / ``hidden:MODEL:L1,L2``, ``tokens`` /
-    ``tokens:MODEL``, ``token-seq`` / ``token-seq:MODEL`` or ``hidden-seq`` / ``hidden-seq:MODEL:L``
-    (as saved in checkpoints)."""
+    ``tokens:MODEL``, ``token-seq`` / ``token-seq:MODEL``, ``hidden-seq`` / ``hidden-seq:MODEL:L`` or
+    ``hidden-seq+words`` / ``hidden-seq+words:MODEL:L`` (as saved in checkpoints)."""
     kind, _, rest = spec.partition(":")
     if kind == "sentence":
         return SentenceEmbedding(None if rest in ("", DEFAULT_EMBEDDER_ID) else rest)
@@ -198,7 +218,8 @@ def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
         return TokenEmbedding(model, tokenizer)
     if kind == "token-seq":
         return TokenSequence(model, tokenizer)
-    if kind == "hidden-seq":
-        return HiddenSequence(model, tokenizer, int(rest.rsplit(":", 1)[-1]) if rest else None)
-    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden', 'tokens', 'token-seq' "
-                     f"or 'hidden-seq'")
+    if kind in ("hidden-seq", "hidden-seq+words"):
+        layer = int(rest.rsplit(":", 1)[-1]) if rest else None
+        return (HiddenSequence if kind == "hidden-seq" else HiddenAndWords)(model, tokenizer, layer)
+    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden', 'tokens', 'token-seq', "
+                     f"'hidden-seq' or 'hidden-seq+words'")

@@ -64,6 +64,10 @@ class HyperNetConfig:
     # vector alone cannot say what role a word plays ("1996" after "founded in"); its neighbours can,
     # for ~d x window weights and well under a millisecond. None: no context (earlier checkpoints).
     context_kernel: int | None = None
+    # Copy path only: copy the last ``copy_dim`` channels of each token vector rather than all of
+    # it, for a source whose vectors join a context part (read, not copied) to the word's own
+    # embedding (copied). None: the whole vector.
+    copy_dim: int | None = None
 
     @property
     def scaling(self) -> float:
@@ -136,11 +140,12 @@ class HyperNetwork(nn.Module):
         self.read_a = nn.ModuleDict({r: self._read_map(d, fan_in) for r, (fan_in, _) in cfg.roles.items()})
         self.read_b = nn.ModuleDict({r: self._read_map(d, fan_out) for r, (_, fan_out) in cfg.roles.items()})
         if cfg.copy_tokens:
+            copied = cfg.copy_dim or d
             self.copy_gain = nn.ParameterDict({
                 f"{role}_{factor}": nn.Parameter(torch.zeros(cfg.num_layers, cfg.rank))
-                for role, dims in cfg.roles.items() for factor, dim in zip("ab", dims) if dim == d})
+                for role, dims in cfg.roles.items() for factor, dim in zip("ab", dims) if dim == copied})
             if not self.copy_gain:
-                raise ValueError(f"copy_tokens: no target reads or writes vectors of the source's size {d}")
+                raise ValueError(f"copy_tokens: no target reads or writes vectors of the copied size {copied}")
         if cfg.context_kernel is not None:
             if cfg.context_kernel < 3 or cfg.context_kernel % 2 == 0:
                 raise ValueError(f"context_kernel must be odd and at least 3, got {cfg.context_kernel}")
@@ -311,8 +316,12 @@ class HyperNetwork(nn.Module):
         # weights, the smaller tensor. Padding has weight 0, so its (huge) scale adds nothing.
         copied = sum(s.gain is not None for s in plan.slots)
         if copied:
-            scale = (d ** 0.5 / norms.clamp_min(1e-12))[:, None, :]
-            words = ((weights[:, : copied * L * r] * scale) @ tokens).view(b, copied, L, r, d)
+            if cfg.copy_dim:
+                tokens = tokens[..., d - cfg.copy_dim:]
+                norms = tokens.norm(dim=-1)
+            width = tokens.shape[-1]
+            scale = (width ** 0.5 / norms.clamp_min(1e-12))[:, None, :]
+            words = ((weights[:, : copied * L * r] * scale) @ tokens).view(b, copied, L, r, width)
         made: dict[str, dict[str, torch.Tensor]] = {}
         for i, s in enumerate(plan.slots):
             z = mixed[:, i] if s.bottleneck is None else F.linear(mixed[:, i], s.bottleneck)

@@ -256,6 +256,13 @@ def test_hidden_sequence_source_gives_each_tokens_hidden_state_after_its_layer(a
         assert torch.allclose(src.embed([text])[0], want, atol=1e-5)
     deeper = build_source("hidden-seq:x:2", model, tokenizer).embed(texts)
     assert not torch.allclose(deeper, emb)
+    # hidden-seq+words: the same hidden states joined to the words' own embeddings, each at unit RMS.
+    both = build_source("hidden-seq+words:x:1", model, tokenizer)
+    assert both.dim == 2 * src.dim and both.id.startswith("hidden-seq+words:")
+    joined, words = both.embed(texts), build_source("token-seq", model, tokenizer).embed(texts)
+    for part, plain in ((joined[..., : src.dim], emb), (joined[..., src.dim:], words)):
+        rms = plain.square().mean(-1, keepdim=True).sqrt()
+        assert torch.allclose(part, torch.where(rms > 0, plain / rms.clamp_min(1e-12), 0.0), atol=1e-5)
     with pytest.raises(ValueError, match="layer must be between 1 and"):
         build_source(f"hidden-seq:x:{model.config.num_hidden_layers + 1}", model, tokenizer)
 
@@ -388,8 +395,9 @@ def test_attention_readers_kept_queries_follow_every_weight_change(tokenizer):
         assert not torch.allclose(net(emb)["down"][1], before)
 
 
-@pytest.mark.parametrize("centred,context", [(False, None), (True, None), (True, 3)])
-def test_attention_reader_computes_its_definition(tokenizer, centred, context):
+@pytest.mark.parametrize("centred,context,source", [(False, None, "token-seq"), (True, None, "token-seq"),
+                                                    (True, 3, "token-seq"), (True, None, "hidden-seq+words:x:1")])
+def test_attention_reader_computes_its_definition(tokenizer, centred, context, source):
     """Each generated row against the reader written out plainly for one (role, factor, layer,
     rank): the normalised tokens get their neighbours' context (a per-channel weight for each
     offset in the window, nothing beyond the document's ends), then
@@ -401,10 +409,11 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context):
     from hyperprag.hypernet import HyperNetConfig, HyperNetwork
 
     model = tiny_model("gemma3_text")
-    src = build_source("token-seq", model, tokenizer)
+    src = build_source(source, model, tokenizer)
+    copy_dim = model.config.hidden_size if src.dim != model.config.hidden_size else None  # the words' part
     net = HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32, reader="attention",
                                                    copy_tokens=True, read_rank=4, center=True, head_multiplier=0.5,
-                                                   context_kernel=context))
+                                                   context_kernel=context, copy_dim=copy_dim))
     emb = src.embed([d.text for d in DOCS])
     with torch.no_grad():
         for p in net.parameters():
@@ -433,7 +442,8 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context):
                         read = getattr(net, f"read_{factor}")[role]
                         want = read[1].weight @ (read[0].weight @ (w @ x)) * 0.5 + read[1].bias
                         if f"{role}_{factor}" in net.copy_gain:
-                            units = toks / toks.norm(dim=-1, keepdim=True) * src.dim ** 0.5
+                            words = toks[:, src.dim - copy_dim:] if copy_dim else toks
+                            units = words / words.norm(dim=-1, keepdim=True) * words.shape[-1] ** 0.5
                             want = want + net.copy_gain[f"{role}_{factor}"][layer, rank] * (w @ units)
                         if centred and factor == "b":
                             want = want - getattr(net, f"b_mean_{role}")[layer, :, rank]
