@@ -10,7 +10,7 @@ from typing import Protocol
 import torch
 
 from .embedder import DEFAULT_EMBEDDER_ID, load_embedder
-from .models import _decoder_layers, model_id
+from .models import decoder_layers, model_id
 
 
 class EmbeddingSource(Protocol):
@@ -173,7 +173,7 @@ class HiddenSequence(TokenSequence):
             captured.append(output[0] if isinstance(output, tuple) else output)
             raise _Stop
 
-        hook = _decoder_layers(self.model)[self.layer - 1].register_forward_hook(keep)
+        hook = decoder_layers(self.model)[self.layer - 1].register_forward_hook(keep)
         try:
             self.model(input_ids=input_ids, attention_mask=mask, use_cache=False)
         except _Stop:

@@ -159,7 +159,8 @@ class FFNTarget:
     out_features: int
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder layers, wherever its architecture keeps it."""
     for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers",
                  "model.decoder.layers"):
         obj = model
@@ -186,7 +187,7 @@ def find_ffn_targets(model: nn.Module) -> list[FFNTarget]:
     layout_name = _MODEL_TYPE_LAYOUT.get(model_type)
     if layout_name is None:
         raise HyperpragError(f"unsupported architecture '{model_type}'; supported: {sorted(_MODEL_TYPE_LAYOUT)}")
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     prefix = next(n for n, m in model.named_modules() if m is layers)
     targets = []
     for idx, layer in enumerate(layers):
