@@ -114,6 +114,8 @@ class HyperNetwork(nn.Module):
         for option in ("copy_tokens", "context_kernel"):
             if getattr(config, option) and config.reader != "attention":
                 raise ValueError(f"{option} needs the attention reader (a per-token embedding source, token-seq)")
+        if config.copy_dim is not None and not config.copy_tokens:
+            raise ValueError("copy_dim sets what the copy path copies; it needs copy_tokens")
         if config.reader == "attention":
             self._init_attention_reader()
         else:

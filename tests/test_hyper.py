@@ -455,3 +455,7 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
                                                      context_kernel=4))
         with pytest.raises(ValueError, match="context_kernel needs the attention reader"):
             HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, context_kernel=3))
+    if copy_dim:
+        with pytest.raises(ValueError, match="it needs copy_tokens"):
+            HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, reader="attention",
+                                                     copy_dim=copy_dim))
