@@ -156,6 +156,10 @@ class HiddenSequence(TokenSequence):
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._read(texts)[0].cpu()
+
+    def _read(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The documents' hidden states (padding rows zeros), token ids and mask, BOS left out."""
         ids = self.token_ids(texts)
         if any(not doc for doc in ids):
             raise ValueError("a document with no tokens cannot be embedded token by token")
@@ -180,8 +184,8 @@ class HiddenSequence(TokenSequence):
             pass
         finally:
             hook.remove()
-        states = captured[0][:, len(bos):].float()
-        return (states * mask[:, len(bos):, None]).cpu()   # padding rows are zeros
+        input_ids, mask = input_ids[:, len(bos):], mask[:, len(bos):]
+        return captured[0][:, len(bos):].float() * mask[..., None], input_ids, mask
 
 
 class HiddenAndWords(HiddenSequence):
@@ -199,9 +203,10 @@ class HiddenAndWords(HiddenSequence):
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        parts = (super().embed(texts), TokenSequence.embed(self, texts))
+        states, ids, mask = self._read(texts)
+        parts = (states, self.table(ids).float() * mask[..., None])   # one tokenisation for both
         # Unit RMS per row; padding rows stay zeros.
-        return torch.cat([p / p.square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12) for p in parts], dim=-1)
+        return torch.cat([p / p.square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12) for p in parts], dim=-1).cpu()
 
 
 def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
