@@ -158,8 +158,10 @@ class HiddenSequence(TokenSequence):
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         return self._read(texts)[0].cpu()
 
-    def _read(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The documents' hidden states (padding rows zeros), token ids and mask, BOS left out."""
+    def _read(self, texts: Sequence[str], before: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The documents' hidden states (padding rows zeros), token ids and mask, BOS left out.
+        ``before``: each token gets the state of the position before it (zeros for a first token
+        with no BOS before it), the state from which the model predicts that token."""
         ids = self.token_ids(texts)
         if any(not doc for doc in ids):
             raise ValueError("a document with no tokens cannot be embedded token by token")
@@ -184,8 +186,11 @@ class HiddenSequence(TokenSequence):
             pass
         finally:
             hook.remove()
+        states = captured[0]
+        if before:
+            states = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], dim=1)
         input_ids, mask = input_ids[:, len(bos):], mask[:, len(bos):]
-        return captured[0][:, len(bos):].float() * mask[..., None], input_ids, mask
+        return states[:, len(bos):].float() * mask[..., None], input_ids, mask
 
 
 class HiddenAndWords(HiddenSequence):
@@ -201,18 +206,61 @@ class HiddenAndWords(HiddenSequence):
         self.id = f"hidden-seq+words:{model_id(model)}:{self.layer}"
         self.dim = 2 * model.config.hidden_size
 
+    before = False  # whose hidden state joins a word: its own, or the position's before it
+
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        states, ids, mask = self._read(texts)
-        parts = (states, self.table(ids).float() * mask[..., None])   # one tokenisation for both
-        # Unit RMS per row; padding rows stay zeros.
-        return torch.cat([p / p.square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12) for p in parts], dim=-1).cpu()
+        states, ids, mask = self._read(texts, self.before)
+        return _join(states, self.table(ids).float() * mask[..., None]).cpu()   # one tokenisation for both
+
+
+class HiddenKeyValue(HiddenAndWords):
+    """Each token as a key-value pair for a reader with tied reads: the hidden state after ``layer``
+    layers at the position *before* it (what the model has read when it is about to say the word)
+    and the word's own input embedding. An adapter slot that fires on the key and writes the value
+    is a memory "in this context, say this word"."""
+
+    before = True
+
+    def __init__(self, model, tokenizer, layer: int | None = None, max_tokens: int = 256):
+        super().__init__(model, tokenizer, layer, max_tokens)
+        self.id = f"hidden-kv:{model_id(model)}:{self.layer}"
+
+
+class TokenKeyValue(TokenSequence):
+    """``HiddenKeyValue`` without a forward pass: the key is the mean input embedding of the
+    ``window`` tokens before each token (zeros for the first), the value the token's own. As cheap
+    as ``token-seq`` (a cumulative sum more), so it is a candidate for the fast default."""
+
+    def __init__(self, model, tokenizer, window: int | None = None, max_tokens: int = 256):
+        super().__init__(model, tokenizer, max_tokens)
+        self.window = window or 4
+        if self.window < 1:
+            raise ValueError(f"window must be at least 1 token, got {self.window}")
+        self.id = f"token-kv:{model_id(model)}:{self.window}"
+        self.dim = 2 * model.config.hidden_size
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        words = super().embed(texts)                                     # (b, t, d), padding zeros
+        sums = torch.nn.functional.pad(words.cumsum(1), (0, 0, 1, 0))    # sums[:, j]: of words[:, :j]
+        j = torch.arange(words.shape[1])
+        start = (j - self.window).clamp_min(0)
+        keys = (sums[:, j] - sums[:, start]) / (j - start).clamp_min(1)[:, None]
+        return _join(keys, words) * (words.norm(dim=-1, keepdim=True) > 0)
+
+
+def _join(*parts: torch.Tensor) -> torch.Tensor:
+    """The parts side by side, each row of each scaled to unit RMS (zero rows stay zeros), so no
+    part outweighs another in the reader's normalisation."""
+    return torch.cat([p / p.square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12) for p in parts], dim=-1)
 
 
 def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
     """``sentence`` / ``sentence:PATH``, ``hidden`` / ``hidden:MODEL:L1,L2``, ``tokens`` /
-    ``tokens:MODEL``, ``token-seq`` / ``token-seq:MODEL``, ``hidden-seq`` / ``hidden-seq:MODEL:L`` or
-    ``hidden-seq+words`` / ``hidden-seq+words:MODEL:L`` (as saved in checkpoints)."""
+    ``tokens:MODEL``, ``token-seq`` / ``token-seq:MODEL``, ``hidden-seq`` / ``hidden-seq:MODEL:L``,
+    ``hidden-seq+words`` / ``hidden-seq+words:MODEL:L``, ``hidden-kv`` / ``hidden-kv:MODEL:L`` or
+    ``token-kv`` / ``token-kv:MODEL:WINDOW`` (as saved in checkpoints)."""
     kind, _, rest = spec.partition(":")
     if kind == "sentence":
         return SentenceEmbedding(None if rest in ("", DEFAULT_EMBEDDER_ID) else rest)
@@ -223,8 +271,10 @@ def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
         return TokenEmbedding(model, tokenizer)
     if kind == "token-seq":
         return TokenSequence(model, tokenizer)
-    if kind in ("hidden-seq", "hidden-seq+words"):
-        layer = int(rest.rsplit(":", 1)[-1]) if rest else None
-        return (HiddenSequence if kind == "hidden-seq" else HiddenAndWords)(model, tokenizer, layer)
+    layered = {"hidden-seq": HiddenSequence, "hidden-seq+words": HiddenAndWords, "hidden-kv": HiddenKeyValue,
+               "token-kv": TokenKeyValue}
+    if kind in layered:  # the number last: a layer, or token-kv's window; none: the default
+        number = rest.rsplit(":", 1)[-1]
+        return layered[kind](model, tokenizer, int(number) if number.isdigit() else None)
     raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden', 'tokens', 'token-seq', "
-                     f"'hidden-seq' or 'hidden-seq+words'")
+                     f"'hidden-seq', 'hidden-seq+words', 'hidden-kv' or 'token-kv'")

@@ -68,6 +68,12 @@ class HyperNetConfig:
     # it, for a source whose vectors join a context part (read, not copied) to the word's own
     # embedding (copied). None: the whole vector.
     copy_dim: int | None = None
+    # Attention reader only: one read per (layer, rank) shared by every role and factor, instead of
+    # one per (role, factor, layer, rank). Then a rank-1 piece of an adapter is made from one place
+    # in the passage: its A rows (what it fires on) and B columns (what it writes) can bind a key to
+    # its value, e.g. the context before a word (a ``*-kv`` source's first part) to the word itself.
+    # Untied, the A a slot fires on and the B it writes come from unrelated tokens.
+    tie_reads: bool = False
 
     @property
     def scaling(self) -> float:
@@ -99,7 +105,7 @@ class ReadSlot(NamedTuple):
 
 class ReaderPlan(NamedTuple):
     """The attention reader's weights, folded for its forward pass (``HyperNetwork._reader_plan``)."""
-    part_queries: torch.Tensor    # (2r + L + roles, d): slot, layer and role queries in token space
+    part_queries: torch.Tensor    # (2r + L + roles, d): slot, layer and role queries in token space; tied: (r + L, d)
     slot_factor: torch.Tensor     # per slot, its factor's index (0: A, 1: B) into the slot queries
     slot_role: torch.Tensor       # per slot, its role's index
     slots: list[ReadSlot]
@@ -111,7 +117,7 @@ class HyperNetwork(nn.Module):
         self.config = config
         if config.reader not in ("pooled", "attention"):
             raise ValueError(f"unknown reader {config.reader!r}; use 'pooled' or 'attention'")
-        for option in ("copy_tokens", "context_kernel"):
+        for option in ("copy_tokens", "context_kernel", "tie_reads"):
             if getattr(config, option) and config.reader != "attention":
                 raise ValueError(f"{option} needs the attention reader (a per-token embedding source, token-seq)")
         if config.copy_dim is not None and not config.copy_tokens:
@@ -122,10 +128,12 @@ class HyperNetwork(nn.Module):
             self._init_pooled_reader()
 
     def _init_shared(self) -> None:
-        """Layer and role embeddings, and the centring buffers."""
+        """Layer and role embeddings (none for tied reads, whose queries have no role), and the
+        centring buffers."""
         cfg, h = self.config, self.config.hidden
         self.layer_embed = nn.Embedding(cfg.num_layers, h)
-        self.role_embed = nn.ParameterDict({r: nn.Parameter(torch.zeros(h)) for r in cfg.roles})
+        if not cfg.tie_reads:
+            self.role_embed = nn.ParameterDict({r: nn.Parameter(torch.zeros(h)) for r in cfg.roles})
         if cfg.center:
             for role, (_, fan_out) in cfg.roles.items():
                 self.register_buffer(f"b_mean_{role}", torch.zeros(cfg.num_layers, fan_out, cfg.rank))
@@ -136,7 +144,8 @@ class HyperNetwork(nn.Module):
         nn.init.normal_(self.layer_embed.weight, std=0.02)
         self.token_norm = nn.LayerNorm(d)
         self.key = nn.Linear(d, h)
-        self.slot_embed = nn.Parameter(torch.randn(2 * cfg.rank, h) * 0.02)  # A rows, then B columns
+        # A rows then B columns, or one per rank when A and B share their reads
+        self.slot_embed = nn.Parameter(torch.randn((1 if cfg.tie_reads else 2) * cfg.rank, h) * 0.02)
         # Per role, the attended token mix -> an A row (fan_in) and a B column (fan_out), the same
         # maps in every layer: the layer's queries choose what each layer's factors are made of.
         self.read_a = nn.ModuleDict({r: self._read_map(d, fan_in) for r, (fan_in, _) in cfg.roles.items()})
@@ -261,7 +270,7 @@ class HyperNetwork(nn.Module):
           q . (W x + c) = (q W) . x + q . c, where q . c is the same for every token, which the
           softmax ignores. So no key is computed per token, and a score is the sum of three parts'
           scores: 2r + L + roles dot products a token instead of one per query (4 + 18 + 3 against
-          216 for Gemma 3 270M);
+          216 for Gemma 3 270M). Tied reads have no factor or role part: r + L;
         - ``head_multiplier`` folded into the output maps' weights;
         - at inference, the stored mean B folded into the output maps' bias (one matrix per layer).
 
@@ -273,7 +282,10 @@ class HyperNetwork(nn.Module):
         cached = getattr(self, "_plan_cache", None)
         if not torch.is_grad_enabled() and cached is not None and cached[0] == stamp:
             return cached[1]
-        parts = torch.cat([self.slot_embed, self.layer_embed.weight, torch.stack([self.role_embed[r] for r in cfg.roles])])
+        parts = [self.slot_embed, self.layer_embed.weight]
+        if not cfg.tie_reads:
+            parts.append(torch.stack([self.role_embed[r] for r in cfg.roles]))
+        parts = torch.cat(parts)
         gains = self.copy_gain if cfg.copy_tokens else {}
         slots = []
         for role, factor in self._slots():
@@ -302,22 +314,29 @@ class HyperNetwork(nn.Module):
         if cfg.context_kernel is not None:  # padding must not leak into the last tokens' context
             xc = x.masked_fill(padding[..., None], 0.0) if padding.any() else x
             x = x + self.context(xc.mT).mT
-        part_scores = torch.bmm(plan.part_queries.expand(b, -1, -1), x.mT)   # (b, 2r + L + roles, t)
-        by_slot, by_layer, by_role = part_scores.split([2 * r, L, len(cfg.roles)], dim=1)
-        by_slot = by_slot.view(b, 2, r, t)[:, plan.slot_factor]          # (b, slots, r, t)
-        scores = (by_slot[:, :, None] + by_layer[:, None, :, None]
-                  + by_role[:, plan.slot_role][:, :, None, None]).reshape(b, -1, t)   # (b, slots*L*r, t)
+        part_scores = torch.bmm(plan.part_queries.expand(b, -1, -1), x.mT)   # (b, parts, t)
+        if cfg.tie_reads:  # one read per (layer, rank), shared by every slot
+            by_slot, by_layer = part_scores.split([r, L], dim=1)
+            scores = (by_layer[:, :, None] + by_slot[:, None]).reshape(b, L * r, t)
+            reads = 1
+        else:
+            by_slot, by_layer, by_role = part_scores.split([2 * r, L, len(cfg.roles)], dim=1)
+            by_slot = by_slot.view(b, 2, r, t)[:, plan.slot_factor]      # (b, slots, r, t)
+            scores = (by_slot[:, :, None] + by_layer[:, None, :, None]
+                      + by_role[:, plan.slot_role][:, :, None, None]).reshape(b, -1, t)   # (b, slots*L*r, t)
+            reads = len(plan.slots)
         if padding.any():
             scores = scores.masked_fill(padding[:, None, :], float("-inf"))
         weights = scores.softmax(-1)
-        # Every slot's token mix in one batched product rather than six small ones.
-        mixed = (weights @ x).view(b, len(plan.slots), L, r, d)
+        # Every read's token mix in one batched product rather than six small ones.
+        mixed = (weights @ x).view(b, reads, L, r, d)
         # Copy path: the attended tokens' unit vectors times sqrt(d) (entries of order 1, so the gains
         # move a factor at the pace Adam moves a LoRA's own entries, as head_multiplier does for the
         # heads). The slots with a gain come first; the per-token rescaling is applied to their
         # weights, the smaller tensor. Padding has weight 0, so its (huge) scale adds nothing.
         copied = sum(s.gain is not None for s in plan.slots)
         if copied:
+            copied = 1 if cfg.tie_reads else copied
             if cfg.copy_dim:
                 tokens = tokens[..., d - cfg.copy_dim:]
                 norms = tokens.norm(dim=-1)
@@ -326,10 +345,11 @@ class HyperNetwork(nn.Module):
             words = ((weights[:, : copied * L * r] * scale) @ tokens).view(b, copied, L, r, width)
         made: dict[str, dict[str, torch.Tensor]] = {}
         for i, s in enumerate(plan.slots):
-            z = mixed[:, i] if s.bottleneck is None else F.linear(mixed[:, i], s.bottleneck)
+            read = 0 if cfg.tie_reads else i
+            z = mixed[:, read] if s.bottleneck is None else F.linear(mixed[:, read], s.bottleneck)
             row = F.linear(z, s.weight).add_(s.bias)                     # (b, L, r, fan)
             if s.gain is not None:
-                row.addcmul_(s.gain, words[:, i])
+                row.addcmul_(s.gain, words[:, read])
             made.setdefault(s.role, {})[s.factor] = row
         return {role: (made[role]["a"], made[role]["b"]) for role in cfg.roles}   # (b, L, r, in), (b, L, r, out)
 

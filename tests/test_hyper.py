@@ -267,7 +267,48 @@ def test_hidden_sequence_source_gives_each_tokens_hidden_state_after_its_layer(a
         build_source(f"hidden-seq:x:{model.config.num_hidden_layers + 1}", model, tokenizer)
 
 
-@pytest.mark.parametrize("kw", [{}, {"copy_tokens": True, "read_rank": 4}, {"copy_tokens": True, "context_kernel": 5}])
+def _unit_rms(x: torch.Tensor) -> torch.Tensor:
+    rms = x.square().mean(-1, keepdim=True).sqrt()
+    return torch.where(rms > 0, x / rms.clamp_min(1e-12), 0.0)
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_key_value_sources_pair_each_word_with_what_comes_before_it(tokenizer, bos):
+    """``hidden-kv``: a word's key is the hidden state of the position before it (BOS for the first
+    word; zeros without a BOS); ``token-kv``: the mean embedding of the ``window`` words before it.
+    Each part at unit RMS, the word itself second; padding rows zeros; a batch equals one by one."""
+    from hyperprag.embeddings import build_source
+
+    import copy
+
+    model = tiny_model("gemma3_text")
+    tokenizer = copy.deepcopy(tokenizer)
+    if bos:
+        tokenizer.bos_token = "[CLS]"
+    d = model.config.hidden_size
+    hidden, tokens = build_source("hidden-kv:x:1", model, tokenizer), build_source("token-kv:x:2", model, tokenizer)
+    assert hidden.id.startswith("hidden-kv:") and tokens.id.endswith(":2") and hidden.dim == tokens.dim == 2 * d
+    texts = ["short", "a longer text here"]
+    got_h, got_t = hidden.embed(texts), tokens.embed(texts)
+    words = build_source("token-seq", model, tokenizer).embed(texts)
+    for i, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        n = len(ids)
+        with torch.no_grad():
+            states = model(input_ids=torch.tensor([[tokenizer.bos_token_id] * bos + ids]),
+                           output_hidden_states=True).hidden_states[1][0]
+        key_h = states[:n] if bos else torch.cat([torch.zeros(1, d), states[: n - 1]])
+        key_t = torch.stack([words[i, max(0, j - 2): j].mean(0) if j else torch.zeros(d) for j in range(n)])
+        for got, key in ((got_h, key_h), (got_t, key_t)):
+            assert torch.allclose(got[i, :n, :d], _unit_rms(key), atol=1e-5)
+            assert torch.allclose(got[i, :n, d:], _unit_rms(words[i, :n]), atol=1e-5)
+            assert got[i, n:].abs().sum() == 0
+        assert torch.allclose(hidden.embed([text])[0], got_h[i, :n], atol=1e-5)
+        assert torch.allclose(tokens.embed([text])[0], got_t[i, :n], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{}, {"copy_tokens": True, "read_rank": 4}, {"copy_tokens": True, "context_kernel": 5},
+                                {"copy_tokens": True, "tie_reads": True}])
 def test_attention_reader_ignores_padding_and_reads_every_token(tmp_path, tokenizer, kw):
     """Batched encode equals one-by-one although shorter documents are padded, the stored mean B is
     subtracted exactly, and changing one word changes the adapter."""
@@ -395,13 +436,15 @@ def test_attention_readers_kept_queries_follow_every_weight_change(tokenizer):
         assert not torch.allclose(net(emb)["down"][1], before)
 
 
-@pytest.mark.parametrize("centred,context,source", [(False, None, "token-seq"), (True, None, "token-seq"),
-                                                    (True, 3, "token-seq"), (True, None, "hidden-seq+words:x:1")])
-def test_attention_reader_computes_its_definition(tokenizer, centred, context, source):
+@pytest.mark.parametrize("centred,context,source,tied", [
+    (False, None, "token-seq", False), (True, None, "token-seq", False), (True, 3, "token-seq", False),
+    (True, None, "hidden-seq+words:x:1", False), (True, None, "token-kv:x:2", True), (False, 3, "token-seq", True)])
+def test_attention_reader_computes_its_definition(tokenizer, centred, context, source, tied):
     """Each generated row against the reader written out plainly for one (role, factor, layer,
     rank): the normalised tokens get their neighbours' context (a per-channel weight for each
     offset in the window, nothing beyond the document's ends), then
-    a query (slot + layer + role embeddings) attends over the keys of those tokens,
+    a query (slot + layer + role embeddings; tied reads: rank + layer, the same for every role and
+    factor) attends over the keys of those tokens,
     the mix goes through the read map (times head_multiplier), the copy path adds the gain times
     the attended unit tokens, and at inference the stored mean B is taken off. The forward pass
     folds all of this (queries split into parts, multiplier and mean in the maps' weights)."""
@@ -413,7 +456,7 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
     copy_dim = model.config.hidden_size if src.dim != model.config.hidden_size else None  # the words' part
     net = HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32, reader="attention",
                                                    copy_tokens=True, read_rank=4, center=True, head_multiplier=0.5,
-                                                   context_kernel=context, copy_dim=copy_dim))
+                                                   context_kernel=context, copy_dim=copy_dim, tie_reads=tied))
     emb = src.embed([d.text for d in DOCS])
     with torch.no_grad():
         for p in net.parameters():
@@ -422,11 +465,14 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
             buf.normal_()
         net.train(not centred)
         out = net._generate(emb, centred)  # rows, before any batch centring
-        slots = net.slot_embed.view(2, net.config.rank, -1)
+        slots = net.slot_embed.view(1 if tied else 2, net.config.rank, -1)
         for role, (fan_in, fan_out) in net.config.roles.items():
             for f, factor in enumerate("ab"):
                 for layer, rank in [(0, 0), (1, 1)]:
-                    q = slots[f, rank] + net.layer_embed.weight[layer] + net.role_embed[role]
+                    if tied:
+                        q = slots[0, rank] + net.layer_embed.weight[layer]
+                    else:
+                        q = slots[f, rank] + net.layer_embed.weight[layer] + net.role_embed[role]
                     for i, d in enumerate(DOCS):
                         n = len(tokenizer(d.text, add_special_tokens=False)["input_ids"])
                         toks = emb[i, :n]
@@ -455,6 +501,9 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
                                                      context_kernel=4))
         with pytest.raises(ValueError, match="context_kernel needs the attention reader"):
             HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, context_kernel=3))
+    if tied:
+        with pytest.raises(ValueError, match="tie_reads needs the attention reader"):
+            HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, tie_reads=True))
     if copy_dim:
         with pytest.raises(ValueError, match="it needs copy_tokens"):
             HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, reader="attention",
