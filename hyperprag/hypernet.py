@@ -74,6 +74,11 @@ class HyperNetConfig:
     # its value, e.g. the context before a word (a ``*-kv`` source's first part) to the word itself.
     # Untied, the A a slot fires on and the B it writes come from unrelated tokens.
     tie_reads: bool = False
+    # Copy path with ``copy_dim`` only: the A rows (what a slot fires on) copy the channels before
+    # the last ``copy_dim`` (a ``*-kv`` source's key) and the B columns the last ``copy_dim`` (the
+    # word). Then a slot is a key-value memory from the start, "in this context, say this word",
+    # instead of firing on the very word it writes.
+    copy_keys: bool = False
 
     @property
     def scaling(self) -> float:
@@ -122,6 +127,8 @@ class HyperNetwork(nn.Module):
                 raise ValueError(f"{option} needs the attention reader (a per-token embedding source, token-seq)")
         if config.copy_dim is not None and not config.copy_tokens:
             raise ValueError("copy_dim sets what the copy path copies; it needs copy_tokens")
+        if config.copy_keys and config.copy_dim is None:
+            raise ValueError("copy_keys copies the channels before copy_dim into A rows; it needs copy_dim")
         if config.reader == "attention":
             self._init_attention_reader()
         else:
@@ -151,10 +158,10 @@ class HyperNetwork(nn.Module):
         self.read_a = nn.ModuleDict({r: self._read_map(d, fan_in) for r, (fan_in, _) in cfg.roles.items()})
         self.read_b = nn.ModuleDict({r: self._read_map(d, fan_out) for r, (_, fan_out) in cfg.roles.items()})
         if cfg.copy_tokens:
-            copied = cfg.copy_dim or d
+            copied = {"a": d - cfg.copy_dim if cfg.copy_keys else cfg.copy_dim or d, "b": cfg.copy_dim or d}
             self.copy_gain = nn.ParameterDict({
                 f"{role}_{factor}": nn.Parameter(torch.zeros(cfg.num_layers, cfg.rank))
-                for role, dims in cfg.roles.items() for factor, dim in zip("ab", dims) if dim == copied})
+                for role, dims in cfg.roles.items() for factor, dim in zip("ab", dims) if dim == copied[factor]})
             if not self.copy_gain:
                 raise ValueError(f"copy_tokens: no target reads or writes vectors of the copied size {copied}")
         if cfg.context_kernel is not None:
@@ -337,19 +344,22 @@ class HyperNetwork(nn.Module):
         copied = sum(s.gain is not None for s in plan.slots)
         if copied:
             copied = 1 if cfg.tie_reads else copied
-            if cfg.copy_dim:
-                tokens = tokens[..., d - cfg.copy_dim:]
-                norms = tokens.norm(dim=-1)
-            width = tokens.shape[-1]
-            scale = (width ** 0.5 / norms.clamp_min(1e-12))[:, None, :]
-            words = ((weights[:, : copied * L * r] * scale) @ tokens).view(b, copied, L, r, width)
+
+            def attended_units(part: torch.Tensor, part_norms: torch.Tensor) -> torch.Tensor:
+                scale = (part.shape[-1] ** 0.5 / part_norms.clamp_min(1e-12))[:, None, :]
+                return ((weights[:, : copied * L * r] * scale) @ part).view(b, copied, L, r, part.shape[-1])
+
+            values = tokens[..., d - cfg.copy_dim:] if cfg.copy_dim else tokens
+            words = {"b": attended_units(values, values.norm(dim=-1) if cfg.copy_dim else norms)}
+            keys = tokens[..., : d - cfg.copy_dim] if cfg.copy_keys else None   # copy_keys: A copies these
+            words["a"] = attended_units(keys, keys.norm(dim=-1)) if keys is not None else words["b"]
         made: dict[str, dict[str, torch.Tensor]] = {}
         for i, s in enumerate(plan.slots):
             read = 0 if cfg.tie_reads else i
             z = mixed[:, read] if s.bottleneck is None else F.linear(mixed[:, read], s.bottleneck)
             row = F.linear(z, s.weight).add_(s.bias)                     # (b, L, r, fan)
             if s.gain is not None:
-                row.addcmul_(s.gain, words[:, read])
+                row.addcmul_(s.gain, words[s.factor][:, read])
             made.setdefault(s.role, {})[s.factor] = row
         return {role: (made[role]["a"], made[role]["b"]) for role in cfg.roles}   # (b, L, r, in), (b, L, r, out)
 

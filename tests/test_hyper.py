@@ -436,10 +436,12 @@ def test_attention_readers_kept_queries_follow_every_weight_change(tokenizer):
         assert not torch.allclose(net(emb)["down"][1], before)
 
 
-@pytest.mark.parametrize("centred,context,source,tied", [
-    (False, None, "token-seq", False), (True, None, "token-seq", False), (True, 3, "token-seq", False),
-    (True, None, "hidden-seq+words:x:1", False), (True, None, "token-kv:x:2", True), (False, 3, "token-seq", True)])
-def test_attention_reader_computes_its_definition(tokenizer, centred, context, source, tied):
+@pytest.mark.parametrize("centred,context,source,tied,keys", [
+    (False, None, "token-seq", False, False), (True, None, "token-seq", False, False),
+    (True, 3, "token-seq", False, False), (True, None, "hidden-seq+words:x:1", False, False),
+    (True, None, "token-kv:x:2", True, False), (False, 3, "token-seq", True, False),
+    (True, None, "hidden-kv:x:1", True, True), (False, None, "token-kv:x:2", False, True)])
+def test_attention_reader_computes_its_definition(tokenizer, centred, context, source, tied, keys):
     """Each generated row against the reader written out plainly for one (role, factor, layer,
     rank): the normalised tokens get their neighbours' context (a per-channel weight for each
     offset in the window, nothing beyond the document's ends), then
@@ -456,7 +458,8 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
     copy_dim = model.config.hidden_size if src.dim != model.config.hidden_size else None  # the words' part
     net = HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32, reader="attention",
                                                    copy_tokens=True, read_rank=4, center=True, head_multiplier=0.5,
-                                                   context_kernel=context, copy_dim=copy_dim, tie_reads=tied))
+                                                   context_kernel=context, copy_dim=copy_dim, tie_reads=tied,
+                                                   copy_keys=keys))
     emb = src.embed([d.text for d in DOCS])
     with torch.no_grad():
         for p in net.parameters():
@@ -489,7 +492,9 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
                         want = read[1].weight @ (read[0].weight @ (w @ x)) * 0.5 + read[1].bias
                         if f"{role}_{factor}" in net.copy_gain:
                             words = toks[:, src.dim - copy_dim:] if copy_dim else toks
-                            units = words / words.norm(dim=-1, keepdim=True) * words.shape[-1] ** 0.5
+                            if keys and factor == "a":  # A rows copy the key, the part before the word
+                                words = toks[:, : src.dim - copy_dim]
+                            units = words / words.norm(dim=-1, keepdim=True).clamp_min(1e-12) * words.shape[-1] ** 0.5
                             want = want + net.copy_gain[f"{role}_{factor}"][layer, rank] * (w @ units)
                         if centred and factor == "b":
                             want = want - getattr(net, f"b_mean_{role}")[layer, :, rank]
@@ -504,6 +509,11 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
     if tied:
         with pytest.raises(ValueError, match="tie_reads needs the attention reader"):
             HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, tie_reads=True))
+    if keys:
+        assert {"gate_a", "up_a", "down_b"} == set(net.copy_gain)
+        with pytest.raises(ValueError, match="it needs copy_dim"):
+            HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, reader="attention",
+                                                     copy_tokens=True, copy_keys=True))
     if copy_dim:
         with pytest.raises(ValueError, match="it needs copy_tokens"):
             HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, reader="attention",

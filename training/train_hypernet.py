@@ -27,7 +27,8 @@ each batch) gives the hypernetwork its attention reader, ``copy_tokens`` its cop
 ``copy_dim`` makes the copy path copy only the last that many channels (the words' part of
 ``hidden-seq+words``, ``hidden-kv`` and ``token-kv``), and ``tie_reads`` makes every role and
 factor of a (layer, rank) read the same tokens, so a key (what an A fires on) binds to a value (what
-a B writes).
+a B writes); ``copy_keys`` has the copy path copy a ``*-kv`` source's key into A rows and its word
+into B columns.
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
 to k - 1 others, as top-k retrieval merges them.
 The run checkpoints every ``save_every`` steps and resumes from the last one; ``snapshot_every``
@@ -76,7 +77,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
-    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "context_kernel": None, "copy_dim": None, "tie_reads": False, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
+    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "context_kernel": None, "copy_dim": None, "tie_reads": False, "copy_keys": False, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "context_lr_scale": 1.0, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64,
@@ -239,7 +240,8 @@ def main() -> None:
     encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
                                   head_multiplier=head_mult, center=cfg["center"], copy_tokens=cfg["copy_tokens"],
                                   read_rank=cfg["read_rank"], context_kernel=cfg["context_kernel"],
-                                  copy_dim=cfg["copy_dim"], tie_reads=cfg["tie_reads"])
+                                  copy_dim=cfg["copy_dim"], tie_reads=cfg["tie_reads"],
+                                  copy_keys=cfg["copy_keys"])
     if cfg["init_from"]:
         warm_start(encoder, cfg["init_from"], model, tokenizer, source)
         log(f"initialised from {cfg['init_from']}")
