@@ -205,6 +205,18 @@ class HyperNetwork(nn.Module):
                 state[f"{kind}.{role}.1.bias"] = state.pop(f"{kind}.{role}.bias")
         self.load_state_dict(state)
 
+    @staticmethod
+    def tied_state(state: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+        """An untied attention reader's weights for one with ``tie_reads``: each (layer, rank)'s one
+        query starts as the mean of its six (factor x role) queries, which, the parts adding up, is
+        the mean slot embedding plus the layer's plus the mean role embedding. The read maps, copy
+        gains and centring are kept. The warm start for the faster reader."""
+        state = dict(state)
+        roles = [state.pop(k) for k in sorted(k for k in state if k.startswith("role_embed."))]
+        slots = state["slot_embed"].view(2, rank, -1)
+        state["slot_embed"] = slots.mean(0) + torch.stack(roles).mean(0)
+        return state
+
     def _init_pooled_reader(self) -> None:
         config, h = self.config, self.config.hidden
         self.trunk = nn.Sequential(nn.LayerNorm(config.embed_dim), nn.Linear(config.embed_dim, h), nn.GELU(),

@@ -307,6 +307,30 @@ def test_key_value_sources_pair_each_word_with_what_comes_before_it(tokenizer, b
         assert torch.allclose(tokens.embed([text])[0], got_t[i, :n], atol=1e-5)
 
 
+def test_tied_state_starts_each_query_as_the_mean_of_the_six_it_replaces(tokenizer):
+    """Tying an untied reader's weights keeps everything but the queries, and each (layer, rank)'s
+    query is the mean of its (factor x role) queries: slot + layer + role embeddings."""
+    from hyperprag.embeddings import build_source
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    model = tiny_model("gemma3_text")
+    src = build_source("token-seq", model, tokenizer)
+    cfg = HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32, reader="attention", copy_tokens=True)
+    untied = HyperNetwork(cfg)
+    with torch.no_grad():
+        for p in untied.parameters():
+            p.add_(torch.randn_like(p))
+    tied = HyperNetwork(HyperNetConfig(**{**cfg.to_dict(), "tie_reads": True}))
+    tied.load_state_dict(HyperNetwork.tied_state(untied.state_dict(), cfg.rank))
+    slots = untied.slot_embed.view(2, cfg.rank, -1)
+    for layer in range(cfg.num_layers):
+        for rank in range(cfg.rank):
+            six = [slots[f, rank] + untied.layer_embed.weight[layer] + untied.role_embed[r] for f in range(2) for r in cfg.roles]
+            assert torch.allclose(tied.slot_embed[rank] + tied.layer_embed.weight[layer], torch.stack(six).mean(0), atol=1e-6)
+    assert torch.equal(tied.read_b["down"].weight, untied.read_b["down"].weight)
+    assert torch.equal(tied.copy_gain["down_b"], untied.copy_gain["down_b"])
+
+
 @pytest.mark.parametrize("kw", [{}, {"copy_tokens": True, "read_rank": 4}, {"copy_tokens": True, "context_kernel": 5},
                                 {"copy_tokens": True, "tie_reads": True}])
 def test_attention_reader_ignores_padding_and_reads_every_token(tmp_path, tokenizer, kw):

@@ -35,7 +35,7 @@ The run checkpoints every ``save_every`` steps and resumes from the last one; ``
 also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning curve.
 ``read_rank`` puts a bottleneck in the attention reader's read maps (faster to run), and
 ``init_from`` starts from a trained checkpoint (a full-map one is factored by truncated SVD; one
-without the context gets it at zero).
+without the context gets it at zero; an untied one is tied, each query the mean of those it replaces).
 ``max_minutes`` bounds the run's wall-clock time (resumes included), for a machine lent for a
 fixed time: the run then ends at ``steps`` or at the budget, whichever comes first, and the
 learning rate's cosine follows whichever is nearer its end, so a cut run still ends annealed.
@@ -163,19 +163,23 @@ def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> No
     """Start from a trained checkpoint of the same design, or from a full-read-map one when this run
     has ``read_rank`` (its maps then start as their truncated SVD: a faster network that keeps what
     the full one learned), or from one without the token context when this run adds it (the context
-    starts at zero, so the network starts as the checkpoint). Anything else differing is refused,
-    naming both."""
+    starts at zero, so the network starts as the checkpoint), or from an untied one when this run
+    ties its reads (each query starts as the mean of the six it replaces). Anything else differing
+    is refused, naming both."""
     start = HyperEncoder.from_pretrained(ckpt, model, tokenizer, source=source).hypernet
     mine, theirs = encoder.hypernet.config.to_dict(), start.config.to_dict()
     adds_context = theirs["context_kernel"] is None
+    ties = mine["tie_reads"] and not theirs["tie_reads"]
     differ = sorted(k for k in mine if k != "read_rank" and mine[k] != theirs[k]
-                    and not (k == "context_kernel" and adds_context))
+                    and not (k == "context_kernel" and adds_context) and not (k == "tie_reads" and ties))
     if differ:
         sys.exit(f"init_from {ckpt}: its hypernetwork differs from this config's in {differ}: "
                  + ", ".join(f"{k} {theirs[k]} there, {mine[k]} here" for k in differ))
     state = start.state_dict()
     if adds_context and mine["context_kernel"] is not None:
         state["context.weight"] = encoder.hypernet.context.weight.detach().clone()  # zeros
+    if ties:
+        state = start.tied_state(state, mine["rank"])
     if mine["read_rank"] == theirs["read_rank"]:
         encoder.hypernet.load_state_dict(state)
     elif theirs["read_rank"] is None:
