@@ -230,7 +230,8 @@ class HiddenKeyValue(HiddenAndWords):
 class TokenKeyValue(TokenSequence):
     """``HiddenKeyValue`` without a forward pass: the key is the mean input embedding of the
     ``window`` tokens before each token (zeros for the first), the value the token's own. As cheap
-    as ``token-seq`` (a cumulative sum more), so it is a candidate for the fast default."""
+    as ``token-seq`` (a cumulative sum more); in 80-step probes its extra lift was not about the
+    passage (benchmarks/hyper_ablation.md, session 11)."""
 
     def __init__(self, model, tokenizer, window: int | None = None, max_tokens: int = 256):
         super().__init__(model, tokenizer, max_tokens)

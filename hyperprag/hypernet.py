@@ -72,7 +72,9 @@ class HyperNetConfig:
     # one per (role, factor, layer, rank). Then a rank-1 piece of an adapter is made from one place
     # in the passage: its A rows (what it fires on) and B columns (what it writes) can bind a key to
     # its value, e.g. the context before a word (a ``*-kv`` source's first part) to the word itself.
-    # Untied, the A a slot fires on and the B it writes come from unrelated tokens.
+    # Untied, the A a slot fires on and the B it writes come from unrelated tokens. That binding did
+    # not show in probes (benchmarks/hyper_ablation.md, session 11), but one token mix serving six
+    # slots halves the network's time at batch 1.
     tie_reads: bool = False
     # Copy path with ``copy_dim`` only: the A rows (what a slot fires on) copy the channels before
     # the last ``copy_dim`` (a ``*-kv`` source's key) and the B columns the last ``copy_dim`` (the
