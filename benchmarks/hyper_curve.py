@@ -6,7 +6,11 @@ on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never train
   document's generated adapter, with another document's (the bench's wrong-document draw) and with
   its own summed with two other documents' (as a top-3 retrieval merges them; a part all adapters
   share is then added three times), and averaged with them (``--merge mean``).
-  Loss moves long before greedy F1 does, so it shows a trend 100 questions of F1 cannot;
+  Loss moves long before greedy F1 does, so it shows a trend 100 questions of F1 cannot. The
+  yardstick is the loss with the passage in the prompt (rag's prompt): *share of the in-context
+  gap* is how much of the way from no adapter to it an adapter goes;
+- the same for the first answer word alone (its loss, and how often greedy decoding would pick it):
+  greedy F1 hangs on that word, and the mean loss can fall while it stays wrong;
 - the mean pairwise cosine of the 20 generated deltas (collapse: near 1);
 - the passage loss of the 20 paragraphs (their first 64 words after the title, not in the prompt)
   with their own adapter and with another's: does an adapter hold its own passage? And on how
@@ -34,6 +38,7 @@ from hyperprag.data import load_questions, spread_questions
 from hyperprag.diagnostics import (
     answer_loss,
     distractors,
+    first_word,
     mean_pairwise_cosine,
     passage_loss,
     specificity,
@@ -47,7 +52,8 @@ from hyperprag.store import AdapterStore
 
 DATA = "../shared/data/squad.jsonl"
 # A row of the curve.
-MEASURES = ("own", "wrong", "merged3", "merged3_mean", "cosine", "doc_own", "doc_wrong", "doc_wins")
+MEASURES = ("own", "wrong", "merged3", "merged3_mean", "cosine", "doc_own", "doc_wrong", "doc_wins",
+            "first_own", "first_wrong")
 
 
 def complete(row: dict) -> bool:
@@ -97,6 +103,11 @@ def main() -> None:
     rows = json.loads(cache.read_text()) if cache.exists() else {}
     if "none" not in rows:
         rows["none"] = answer_loss(model, tokenizer, examples, [None] * len(examples))
+    if "in_context" not in rows:
+        rows["in_context"] = answer_loss(model, tokenizer, examples, [None] * len(examples), in_context=True)
+    for key, kw in (("first_none", {}), ("first_in_context", {"in_context": True})):
+        if key not in rows:
+            rows[key] = first_word(model, tokenizer, examples, [None] * len(examples), **kw)
     if "doc_none" not in rows:
         rows["doc_none"] = passage_loss(model, tokenizer, docs, [None] * len(docs))
 
@@ -111,6 +122,8 @@ def main() -> None:
                     "merged3": lambda: answer_loss(model, tokenizer, examples, [merge_adapters(s) for s in sets]),
                     "merged3_mean": lambda: answer_loss(model, tokenizer, examples,
                                                         [merge_adapters(s, "mean") for s in sets]),
+                    "first_own": lambda: first_word(model, tokenizer, examples, own),
+                    "first_wrong": lambda: first_word(model, tokenizer, examples, wrong_document(own)),
                     "cosine": lambda: mean_pairwise_cosine(by_doc),
                     "doc_own": lambda: passage_loss(model, tokenizer, docs, by_doc),
                     "doc_wrong": lambda: passage_loss(model, tokenizer, docs, wrong_document(by_doc)),
@@ -140,23 +153,41 @@ def main() -> None:
                                "wrong": ds["wrong_document"]["hyper"]["f1"]}
         cache.write_text(json.dumps(rows, indent=1))
 
-    none, doc_none = rows["none"], rows["doc_none"]
-    print(f"answer loss without an adapter: {none:.4f} nats/token ({len(examples)} held-out questions); "
-          f"passage loss: {doc_none:.4f} ({len(docs)} paragraphs)")
-    print("| step | loss own | loss wrong doc | lift (nats) | share of lift lost | loss own + 2 others "
+    none, doc_none, ceiling = rows["none"], rows["doc_none"], rows["in_context"]
+    print(f"answer loss without an adapter: {none:.4f} nats/token ({len(examples)} held-out questions), "
+          f"with the passage in the prompt: {ceiling:.4f}; passage loss: {doc_none:.4f} ({len(docs)} paragraphs)")
+    print("| step | loss own | loss wrong doc | lift (nats) | share of the in-context gap | share of lift lost | loss own + 2 others "
           "| lift merged (nats) | lift mean-merged | mean pairwise cosine | passage lift, own | passage lift, "
           "wrong doc | paragraphs own < wrong | F1 hyper | F1 wrong doc | F1 closed |")
-    print("|---" * 15 + "|")
-    order = [k for k in rows if k not in ("none", "doc_none", "exact")]
-    for key in ["exact"] * ("exact" in rows) + sorted(order, key=lambda k: rows[k]["step"]):
+    print("|---" * 16 + "|")
+    order = [k for k in rows if k not in ("none", "doc_none", "in_context", "first_none", "first_in_context", "exact")]
+    keys = ["exact"] * ("exact" in rows) + sorted(order, key=lambda k: rows[k]["step"])
+    for key in keys:
         r = rows[key]
         lost = specificity(-none, -r["own"], -r["wrong"])["share_of_lift_lost"]
         f1 = r.get("f1")
         f1_cells = f"{f1['hyper']:.3f} | {f1['wrong']:.3f} | {f1['closed']:.3f}" if f1 else "| |"
         wins = f"{r['doc_wins']}/{len(docs)}" if "doc_wins" in r else ""  # a cached row from before the measure
-        print(f"| {r['step']} | {r['own']:.4f} | {r['wrong']:.4f} | {none - r['own']:+.4f} | {lost:.2f} "
+        print(f"| {r['step']} | {r['own']:.4f} | {r['wrong']:.4f} | {none - r['own']:+.4f} "
+              f"| {(none - r['own']) / (none - ceiling):.2f} | {lost:.2f} "
               f"| {r['merged3']:.4f} | {none - r['merged3']:+.4f} | {none - r['merged3_mean']:+.4f} | {r['cosine']:.3f} "
               f"| {doc_none - r['doc_own']:+.4f} | {doc_none - r['doc_wrong']:+.4f} | {wins} | {f1_cells} |")
+    print_first_word(rows, keys)
+
+
+def print_first_word(rows: dict, keys: list[str]) -> None:
+    """The first answer word's loss and greedy hit rate: what greedy F1 hangs on, which the mean
+    answer loss (every token, the closing newline too) can hide."""
+    (l0, h0), (l1, h1) = rows["first_none"], rows["first_in_context"]
+    print(f"\nFirst answer word (first non-whitespace token): no adapter {l0:.3f} nats, greedy right {h0:.2f}; "
+          f"passage in the prompt {l1:.3f}, {h1:.2f}")
+    print("| step | loss own | loss wrong doc | share of the in-context gap (loss) | right own | right wrong doc "
+          "| share of the in-context gap (right) |")
+    print("|---" * 7 + "|")
+    for key in keys:
+        (lo, ho), (lw, hw) = rows[key]["first_own"], rows[key]["first_wrong"]
+        print(f"| {rows[key]['step']} | {lo:.3f} | {lw:.3f} | {(l0 - lo) / (l0 - l1):.2f} | {ho:.2f} | {hw:.2f} "
+              f"| {(ho - h0) / (h1 - h0):.2f} |")
 
 
 if __name__ == "__main__":

@@ -84,17 +84,44 @@ def specificity(f1_closed: float, f1_right: float, f1_wrong: float) -> dict[str,
 
 
 @torch.inference_mode()
-def answer_loss(model, tokenizer, examples: Sequence[QAExample], adapters: Sequence[DocAdapter | None]) -> float:
+def answer_loss(model, tokenizer, examples: Sequence[QAExample], adapters: Sequence[DocAdapter | None],
+                in_context: bool = False) -> float:
     """Mean over questions of the closed-book prompt's loss (nats per token) on the first gold
     answer, each question with its own adapter (None: none).
 
     Loss moves long before greedy F1 on 100 questions does, so it shows whether an adapter helps
-    (or whether the wrong document's helps as much) when F1 is still noise.
+    (or whether the wrong document's helps as much) when F1 is still noise. ``in_context`` puts
+    each question's first passage in the prompt (as rag does): the loss an adapter that held the
+    passage as well as the prompt does would reach.
     """
     if len(examples) != len(adapters) or not examples:
         raise ValueError("need one adapter (or None) per question, and at least one question")
-    return _mean_loss(model, [qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])[0]
+    return _mean_loss(model, [qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])[int(in_context)]
                               for ex in examples], adapters)
+
+
+@torch.inference_mode()
+def first_word(model, tokenizer, examples: Sequence[QAExample], adapters: Sequence[DocAdapter | None],
+               in_context: bool = False) -> tuple[float, float]:
+    """(loss in nats, share of questions whose greedy choice is right) on the first answer token
+    that is not whitespace, teacher-forced as in :func:`answer_loss`.
+
+    The mean answer loss counts every token, the newline that ends an answer and the digits after
+    a number's first among them, so it can fall a long way while greedy decoding, which must pick
+    the first word, still picks the wrong one. This is the token greedy F1 hangs on.
+    """
+    if len(examples) != len(adapters) or not examples:
+        raise ValueError("need one adapter (or None) per question, and at least one question")
+    loss = hits = 0.0
+    for ex, ad in zip(examples, adapters):
+        batch = qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])[int(in_context)]
+        targets = batch.targets.tolist()
+        j = next((k for k, t in enumerate(targets) if tokenizer.decode([t]).strip()), 0)
+        with lora_hooks(model, ad.factors, scaling=ad.scaling) if ad is not None else nullcontext():
+            logits = answer_logits(model, batch)[j]
+        loss += float(torch.nn.functional.cross_entropy(logits[None], batch.targets[j:j + 1].to(logits.device)))
+        hits += float(int(logits.argmax()) == targets[j])
+    return loss / len(examples), hits / len(examples)
 
 
 @torch.inference_mode()

@@ -62,6 +62,10 @@ def test_answer_loss_with_and_without_per_question_adapters(tokenizer):
     by_hand = [lm_loss(answer_logits(model, b), b).item() for b in
                (answer_batch(tokenizer, [build_prompt(e.question)], [e.answers[0]]) for e in exs)]
     assert base == pytest.approx(sum(by_hand) / 2, rel=1e-5)
+    in_context = [lm_loss(answer_logits(model, b), b).item() for b in
+                  (answer_batch(tokenizer, [build_prompt(e.question, e.passages)], [e.answers[0]]) for e in exs)]
+    assert answer_loss(model, tokenizer, exs, [None, None], in_context=True) == pytest.approx(sum(in_context) / 2, rel=1e-5)
+    assert sum(in_context) != pytest.approx(sum(by_hand), rel=1e-5)  # a random tiny model barely reads the passage
     ad = random_adapter(model, 1, scaling=200.0)
     zero = DocAdapter({n: (a, torch.zeros_like(b)) for n, (a, b) in ad.factors.items()}, ad.scaling,
                       ad.base_model, "test", "1", ad.doc_hash)
@@ -89,3 +93,45 @@ def test_passage_loss_scores_each_document_after_its_title_with_its_own_adapter(
     assert passage_loss(model, tokenizer, docs, [ad, None], max_words=8) != pytest.approx(base, rel=1e-3)
     with pytest.raises(ValueError):
         passage_loss(model, tokenizer, docs, [None])
+
+
+def test_first_word_scores_the_first_token_that_is_not_whitespace(tokenizer):
+    from hyperprag.data import Passage, QAExample
+    from hyperprag.diagnostics import first_word
+    from hyperprag.hyper_objectives import answer_batch, answer_logits
+    from hyperprag.prompts import build_prompt
+
+    model = tiny_model()
+    exs = [QAExample(str(i), q, [a], [Passage("t", "The Glass Regatta is rowed on Lake Ennisar.")]) for i, (q, a) in
+           enumerate([("Who rowed?", "Pell Okonjo"), ("Where?", "Lake Ennisar")])]
+
+    def by_hand(j, in_context=False):
+        loss = hits = 0.0
+        for e in exs:
+            b = answer_batch(tokenizer, [build_prompt(e.question, e.passages if in_context else None)], [e.answers[0]])
+            with torch.no_grad():
+                logits = answer_logits(model, b)[j]
+            loss += float(torch.nn.functional.cross_entropy(logits[None], b.targets[j:j + 1]))
+            hits += float(int(logits.argmax()) == int(b.targets[j]))
+        return loss / len(exs), hits / len(exs)
+
+    assert first_word(model, tokenizer, exs, [None, None]) == pytest.approx(by_hand(0), rel=1e-5)
+    assert first_word(model, tokenizer, exs, [None, None], in_context=True) == pytest.approx(by_hand(0, True), rel=1e-5)
+
+    class SpaceFirst:
+        """The tokenizer, but the first word of each answer decodes as whitespace (as Gemma's ' ' before digits)."""
+        firsts = {tokenizer(f" {e.answers[0]}", add_special_tokens=False)["input_ids"][0] for e in exs}
+        pad_token_id = tokenizer.pad_token_id
+
+        def __call__(self, *a, **k):
+            return tokenizer(*a, **k)
+
+        def decode(self, ids):
+            return " " if ids[0] in self.firsts else tokenizer.decode(ids)
+
+    assert first_word(model, SpaceFirst(), exs, [None, None]) == pytest.approx(by_hand(1), rel=1e-5)
+    assert by_hand(1)[0] != pytest.approx(by_hand(0)[0], rel=1e-5)
+    ad = random_adapter(model, 1, scaling=200.0)
+    assert first_word(model, tokenizer, exs, [ad, None])[0] != pytest.approx(by_hand(0)[0], rel=1e-3)
+    with pytest.raises(ValueError):
+        first_word(model, tokenizer, exs, [None])
