@@ -115,12 +115,11 @@ def first_word(model, tokenizer, examples: Sequence[QAExample], adapters: Sequen
     loss = hits = 0.0
     for ex, ad in zip(examples, adapters):
         batch = qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])[int(in_context)]
-        targets = batch.targets.tolist()
-        j = next((k for k, t in enumerate(targets) if tokenizer.decode([t]).strip()), 0)
+        j = int(batch.first.nonzero()[0])
         with lora_hooks(model, ad.factors, scaling=ad.scaling) if ad is not None else nullcontext():
             logits = answer_logits(model, batch)[j]
         loss += float(torch.nn.functional.cross_entropy(logits[None], batch.targets[j:j + 1].to(logits.device)))
-        hits += float(int(logits.argmax()) == targets[j])
+        hits += float(int(logits.argmax()) == int(batch.targets[j]))
     return loss / len(examples), hits / len(examples)
 
 

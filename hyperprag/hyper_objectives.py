@@ -60,27 +60,32 @@ class AnswerBatch:
     rows: torch.Tensor        # (n_answer_tokens,) row of each answer token
     positions: torch.Tensor   # (n_answer_tokens,) position whose logits predict it
     targets: torch.Tensor     # (n_answer_tokens,) the answer token ids
+    first: torch.Tensor       # (n_answer_tokens,) bool: its answer's first token that is not whitespace
 
 
 def answer_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> AnswerBatch:
     """Prompt and answer are tokenised apart and joined, so the teacher's and the student's answer
     tokens are identical whatever their prompts."""
-    seqs, rows, positions, targets = [], [], [], []
+    seqs, rows, positions, targets, first = [], [], [], [], []
     for i, (p, a) in enumerate(zip(prompts, answers)):
         p_ids = tokenizer(p)["input_ids"]
         a_ids = tokenizer(f" {a.strip()}\n", add_special_tokens=False)["input_ids"]
         seqs.append(p_ids + a_ids)
+        # Gemma spells " 308" as " ", "3", "0", "8": the word greedy decoding must get right is "3".
+        j0 = next((j for j, tok in enumerate(a_ids) if tokenizer.decode([tok]).strip()), 0)
         for j, tok in enumerate(a_ids):
             rows.append(i)
             positions.append(len(p_ids) + j - 1)
             targets.append(tok)
+            first.append(j == j0)
     length = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), length), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    return AnswerBatch(ids, mask, torch.tensor(rows), torch.tensor(positions), torch.tensor(targets))
+    return AnswerBatch(ids, mask, torch.tensor(rows), torch.tensor(positions), torch.tensor(targets),
+                       torch.tensor(first, dtype=torch.bool))
 
 
 def answer_logits(model, batch: AnswerBatch) -> torch.Tensor:
@@ -111,8 +116,14 @@ def passage_batch(tokenizer, docs: Sequence[Passage], max_words: int = 96) -> An
                         [" ".join(d.text.split()[:max_words]) for d in docs])
 
 
-def lm_loss(student_logits: torch.Tensor, batch: AnswerBatch) -> torch.Tensor:
-    return F.cross_entropy(student_logits, batch.targets.to(student_logits.device))
+def lm_loss(student_logits: torch.Tensor, batch: AnswerBatch, first_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy per answer token, averaged; ``first_weight`` counts each answer's first word
+    that many times, since greedy decoding must pick it and the tokens after it come easily."""
+    targets = batch.targets.to(student_logits.device)
+    if first_weight == 1.0:
+        return F.cross_entropy(student_logits, targets)
+    weights = 1.0 + (first_weight - 1.0) * batch.first.to(student_logits.device, student_logits.dtype)
+    return (F.cross_entropy(student_logits, targets, reduction="none") * weights).sum() / weights.sum()
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -148,7 +148,8 @@ def test_retrieved_objective_answers_multi_passage_questions_with_their_merged_t
     multi.write_text("\n".join(json.dumps({"question": q, "answers": [a], "passages": [p[t] for t in ts]})
                                for q, a, ts in rows))
     log = launch(tmp_path, model_dir, data, 1, steps=20, out="run", weights="{lm: 1.0, retrieved: 1.0}",
-                 extra=f"retrieved: [{multi}]\nretrieved_per_step: 2\ntop_k: 2\nskip_first_questions: 1\n")
+                 extra=f"retrieved: [{multi}]\nretrieved_per_step: 2\ntop_k: 2\nskip_first_questions: 1\n"
+                       "first_token_weight: 3.0\n")
     assert "retrieved: 2 questions with their top 2 passages" in (tmp_path / "stdout.txt").read_text()
     first, last = (sum(r["retrieved"] for r in part) / 3 for part in (log[:3], log[-3:]))
     assert last < first * 0.9, (first, last)
@@ -227,6 +228,36 @@ def test_answer_logits_equal_full_forward_at_answer_positions(arch, tokenizer):
         assert torch.allclose(answer_logits(model, batch), full[batch.rows, batch.positions], atol=1e-5)
 
 
+def test_answer_batch_marks_each_answers_first_word_and_lm_loss_can_weight_it(tokenizer):
+    from hyperprag.hyper_objectives import answer_batch, lm_loss
+
+    answers = ["Pell Okonjo", "212 metres"]
+    batch = answer_batch(tokenizer, ["Who rowed?", "How far?"], answers)
+    starts = [0] + [i for i in range(1, len(batch.rows)) if batch.rows[i] != batch.rows[i - 1]]
+    assert batch.first.nonzero().flatten().tolist() == starts  # one a question, its first token
+
+    class SpaceFirst:
+        """The tokenizer, but each answer's first token decodes as whitespace (Gemma's ' ' before digits)."""
+        pad_token_id = tokenizer.pad_token_id
+        firsts = {tokenizer(f" {a}", add_special_tokens=False)["input_ids"][0] for a in answers}
+
+        def __call__(self, *a, **k):
+            return tokenizer(*a, **k)
+
+        def decode(self, ids):
+            return " " if ids[0] in self.firsts else tokenizer.decode(ids)
+
+    spaced = answer_batch(SpaceFirst(), ["Who rowed?", "How far?"], answers)
+    assert spaced.first.nonzero().flatten().tolist() == [i + 1 for i in starts]
+
+    logits = torch.randn(len(batch.targets), tokenizer.vocab_size)
+    ce = torch.nn.functional.cross_entropy(logits, batch.targets, reduction="none")
+    assert lm_loss(logits, batch) == pytest.approx(float(ce.mean()), rel=1e-6)
+    w = torch.where(batch.first, 3.0, 1.0)
+    assert lm_loss(logits, batch, 3.0) == pytest.approx(float((ce * w).sum() / w.sum()), rel=1e-6)
+    assert lm_loss(logits, batch, 3.0) != pytest.approx(float(ce.mean()), rel=1e-3)
+
+
 def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, setup):
     from conftest import random_adapter
     from hyperprag.models import load_base_model
@@ -246,6 +277,7 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
 @pytest.mark.parametrize("config_text, message", [
     ("docs_per_step: 4\nmerge_k: 4\nweights: {lm: 1.0, contrast: 1.0}\n", "merge_k must be >= 1 and docs_per_step >= 5"),
     ("max_minutes: 0\n", "max_minutes must be a positive number of minutes"),
+    ("first_token_weight: 0\n", "first_token_weight must be positive"),
     ("augmented: [x.jsonl]\n", "augmented files need augment_cache"),
     ("passages: [x.jsonl]\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
     ("weights: {lm: 1.0, doc: 1.0}\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),

@@ -36,6 +36,10 @@ also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning
 ``read_rank`` puts a bottleneck in the attention reader's read maps (faster to run), and
 ``init_from`` starts from a trained checkpoint (a full-map one is factored by truncated SVD; one
 without the context gets it at zero; an untied one is tied, each query the mean of those it replaces).
+``first_token_weight`` counts each answer's first word (its first token that is not whitespace)
+that many times in the ``lm`` and ``retrieved`` losses: greedy decoding must pick that word, and
+the mean answer loss, which the tokens after it and the closing newline dilute, can fall a long
+way while the word stays wrong.
 ``max_minutes`` bounds the run's wall-clock time (resumes included), for a machine lent for a
 fixed time: the run then ends at ``steps`` or at the budget, whichever comes first, and the
 learning rate's cosine follows whichever is nearer its end, so a cut run still ends annealed.
@@ -82,6 +86,7 @@ DEFAULTS = {
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64,
     "retrieved": [], "retrieved_per_step": 0, "top_k": 3, "skip_first_questions": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
+    "first_token_weight": 1.0,
 }
 
 
@@ -99,6 +104,8 @@ def load_config(path: str, overrides: list[str]) -> dict:
         sys.exit(f"{path}: merge_k must be >= 1 and docs_per_step >= {needed} (merge_k, plus 1 with contrast)")
     if cfg["max_minutes"] is not None and not cfg["max_minutes"] > 0:
         sys.exit(f"{path}: max_minutes must be a positive number of minutes (or null: no time limit)")
+    if not cfg["first_token_weight"] > 0:
+        sys.exit(f"{path}: first_token_weight must be positive (1: every answer token counts the same)")
     if cfg["augmented"] and not (cfg["augment_cache"] and Path(cfg["augment_cache"]).is_dir()):
         sys.exit(f"{path}: augmented files need augment_cache, the directory `hyperprag augment` printed")
     if bool(cfg["passages"] or cfg["passages_per_step"]) != bool(cfg["weights"].get("doc")):
@@ -348,7 +355,7 @@ def main() -> None:
                 s_logits = answer_logits(model, student)
         losses, scored = {}, {"lm": student}  # scored: each answer loss's batch, for the paired log
         if weights.get("lm"):
-            losses["lm"] = lm_loss(s_logits, student)
+            losses["lm"] = lm_loss(s_logits, student, cfg["first_token_weight"])
         if drawn:
             own_only = torch.arange(len(idx), len(idx) + len(drawn), device=accelerator.device).unsqueeze(1)
             scored["doc"] = passage_batch(tokenizer, [pool[i] for i in drawn], cfg["doc_words"])
@@ -357,7 +364,8 @@ def main() -> None:
         if picked:
             scored["retrieved"] = answer_batch(tokenizer, [build_prompt(q) for _, q, _ in picked], [a for *_, a in picked])
             with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets, HyperEncoder.merge), scaling=scaling):
-                losses["retrieved"] = lm_loss(answer_logits(model, scored["retrieved"]), scored["retrieved"])
+                losses["retrieved"] = lm_loss(answer_logits(model, scored["retrieved"]), scored["retrieved"],
+                                              cfg["first_token_weight"])
         if weights.get("kl"):
             with torch.no_grad():
                 t_logits = answer_logits(model, teacher)
@@ -393,8 +401,9 @@ def main() -> None:
             with torch.no_grad():
                 for name, b in scored.items():
                     if name in losses:
+                        fw = cfg["first_token_weight"] if name in ("lm", "retrieved") else 1.0  # weighted as trained
                         paired |= {f"{name}_this_step": losses[name].item(),
-                                   f"{name}_no_adapter_this_step": lm_loss(answer_logits(model, b), b).item()}
+                                   f"{name}_no_adapter_this_step": lm_loss(answer_logits(model, b), b, fw).item()}
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(hypernet.parameters(), 1.0)
         optim.step()
