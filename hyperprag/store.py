@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -58,9 +59,25 @@ class AdapterStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
+        self._create()
+
+    def _create(self) -> None:
+        """Switch a new index to WAL and create its table. Processes that open a new store at the
+        same moment (an `accelerate launch` of `hyperprag encode`) race for the switch, and SQLite
+        answers the loser "database is locked" at once, without waiting out the busy timeout, so
+        it is retried here. WAL persists in the file: once set, nobody needs the lock for it again."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with self._connect() as db:
+                    if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        db.execute("PRAGMA journal_mode=WAL")
+                    db.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02 + 0.08 * random.random())
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)

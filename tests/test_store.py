@@ -114,3 +114,30 @@ def test_encode_sharded_over_two_accelerate_processes_fills_one_store(tmp_path, 
     assert proc.stdout.count("stored=6 ") == 1  # printed once, by the main process, for the whole store
     store = AdapterStore(tmp_path / "store")
     assert len(store.records()) == 6 and store.verify() == []
+
+
+def _open_store_at_barrier(root, barrier, errors):
+    barrier.wait()
+    try:
+        AdapterStore(root)
+    except Exception as err:  # noqa: BLE001 - reported to the parent
+        errors.put(repr(err))
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    # The race `accelerate launch ... hyperprag encode` runs: every process creates the same new
+    # store. SQLite refuses all but one the switch to WAL with "database is locked" at once.
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    for trial in range(40):
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_store_at_barrier, args=(tmp_path / str(trial), barrier, errors))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert all(p.exitcode == 0 for p in procs)
+    assert errors.empty(), errors.get()
