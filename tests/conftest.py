@@ -72,3 +72,18 @@ def random_adapter(model, seed: int = 0, rank: int = 2, scaling: float = 16.0, d
                         torch.randn(t.out_features, rank, generator=gen) * 0.05)
                for t in find_ffn_targets(model)}
     return DocAdapter(factors, scaling, model_id(model), "test", "1", content_hash(doc or f"doc {seed}"))
+
+
+class SpaceFirst:
+    """``tokenizer``, except that each of ``answers``' first tokens decodes as whitespace, as Gemma
+    spells " 308" as " ", "3", ...: for code that must skip whitespace to find an answer's first word."""
+
+    def __init__(self, tokenizer, answers):
+        self.tokenizer, self.pad_token_id = tokenizer, tokenizer.pad_token_id
+        self.firsts = {tokenizer(f" {a}", add_special_tokens=False)["input_ids"][0] for a in answers}
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def decode(self, ids):
+        return " " if ids[0] in self.firsts else self.tokenizer.decode(ids)

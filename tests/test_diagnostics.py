@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import random_adapter, tiny_model
+from conftest import SpaceFirst, random_adapter, tiny_model
 from hyperprag.diagnostics import (answer_loss, delta_inner, distractors, mean_pairwise_cosine,
                                    similarity_matrix, specificity, wrong_document)
 
@@ -118,18 +118,7 @@ def test_first_word_scores_the_first_token_that_is_not_whitespace(tokenizer):
     assert first_word(model, tokenizer, exs, [None, None]) == pytest.approx(by_hand(0), rel=1e-5)
     assert first_word(model, tokenizer, exs, [None, None], in_context=True) == pytest.approx(by_hand(0, True), rel=1e-5)
 
-    class SpaceFirst:
-        """The tokenizer, but the first word of each answer decodes as whitespace (as Gemma's ' ' before digits)."""
-        firsts = {tokenizer(f" {e.answers[0]}", add_special_tokens=False)["input_ids"][0] for e in exs}
-        pad_token_id = tokenizer.pad_token_id
-
-        def __call__(self, *a, **k):
-            return tokenizer(*a, **k)
-
-        def decode(self, ids):
-            return " " if ids[0] in self.firsts else tokenizer.decode(ids)
-
-    assert first_word(model, SpaceFirst(), exs, [None, None]) == pytest.approx(by_hand(1), rel=1e-5)
+    assert first_word(model, SpaceFirst(tokenizer, [e.answers[0] for e in exs]), exs, [None, None]) == pytest.approx(by_hand(1), rel=1e-5)
     assert by_hand(1)[0] != pytest.approx(by_hand(0)[0], rel=1e-5)
     ad = random_adapter(model, 1, scaling=200.0)
     assert first_word(model, tokenizer, exs, [ad, None])[0] != pytest.approx(by_hand(0)[0], rel=1e-3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import SpaceFirst, tiny_config
 from hyperprag.hyper_encoder import HyperEncoder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,18 +236,7 @@ def test_answer_batch_marks_each_answers_first_word_and_lm_loss_can_weight_it(to
     starts = [0] + [i for i in range(1, len(batch.rows)) if batch.rows[i] != batch.rows[i - 1]]
     assert batch.first.nonzero().flatten().tolist() == starts  # one a question, its first token
 
-    class SpaceFirst:
-        """The tokenizer, but each answer's first token decodes as whitespace (Gemma's ' ' before digits)."""
-        pad_token_id = tokenizer.pad_token_id
-        firsts = {tokenizer(f" {a}", add_special_tokens=False)["input_ids"][0] for a in answers}
-
-        def __call__(self, *a, **k):
-            return tokenizer(*a, **k)
-
-        def decode(self, ids):
-            return " " if ids[0] in self.firsts else tokenizer.decode(ids)
-
-    spaced = answer_batch(SpaceFirst(), ["Who rowed?", "How far?"], answers)
+    spaced = answer_batch(SpaceFirst(tokenizer, answers), ["Who rowed?", "How far?"], answers)
     assert spaced.first.nonzero().flatten().tolist() == [i + 1 for i in starts]
 
     logits = torch.randn(len(batch.targets), tokenizer.vocab_size)
