@@ -15,7 +15,7 @@ import torch
 
 from .adapter import DocAdapter
 from .data import Passage, QAExample
-from .hyper_objectives import answer_logits, lm_loss, passage_batch, qa_batches
+from .hyper_objectives import AnswerBatch, answer_logits, distill_loss, lm_loss, passage_batch, qa_batches
 from .inject import lora_hooks
 
 
@@ -140,3 +140,38 @@ def _mean_loss(model, batches: Sequence, adapters: Sequence[DocAdapter | None]) 
         with lora_hooks(model, ad.factors, scaling=ad.scaling) if ad is not None else nullcontext():
             total += lm_loss(answer_logits(model, batch), batch).item()
     return total / len(batches)
+
+
+def fit_adapter(model, student: AnswerBatch, init: dict[str, tuple[torch.Tensor, torch.Tensor]], scaling: float,
+                teacher: AnswerBatch | None = None, steps: Sequence[int] = (60,), lr: float = 1e-3
+                ) -> dict[int, tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]]:
+    """One LoRA optimised by full-batch Adam on one document's answers, from ``init``: at each
+    count in ``steps``, its factors and the objective's value at that step. With ``teacher`` (the
+    same answers, the passage in the prompt) the objective is the KL from the teacher, as the
+    hypernetwork's distillation; without, the gold answers' cross-entropy.
+
+    Not an encoder: given a document's *test* questions it is the best a LoRA of this rank and
+    placement can do for them, the ceiling for any encoder, trained or generated; given other
+    questions, the per-document optimum that the generator's objective could at best amortise.
+    """
+    device = next(model.parameters()).device
+    target = None
+    if teacher is not None:
+        with torch.inference_mode():
+            target = answer_logits(model, teacher).clone()
+    params = {n: (a.clone().to(device).requires_grad_(True), b.clone().to(device).requires_grad_(True))
+              for n, (a, b) in init.items()}
+    optim = torch.optim.Adam([t for ab in params.values() for t in ab], lr=lr)
+    out = {}
+    with torch.enable_grad():
+        for step in range(1, max(steps) + 1):
+            with lora_hooks(model, params, scaling=scaling):
+                logits = answer_logits(model, student)
+            loss = distill_loss(logits, target) if target is not None else lm_loss(logits, student)
+            loss.backward()
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            if step in steps:
+                out[step] = ({n: (a.detach().cpu().clone(), b.detach().cpu().clone()) for n, (a, b) in params.items()},
+                             loss.item())
+    return out

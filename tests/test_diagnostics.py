@@ -124,3 +124,32 @@ def test_first_word_scores_the_first_token_that_is_not_whitespace(tokenizer):
     assert first_word(model, tokenizer, exs, [ad, None])[0] != pytest.approx(by_hand(0)[0], rel=1e-3)
     with pytest.raises(ValueError):
         first_word(model, tokenizer, exs, [None])
+
+
+def test_fit_adapter_distils_the_teacher_and_fits_gold_answers(tokenizer):
+    from hyperprag.diagnostics import fit_adapter
+    from hyperprag.inject import lora_hooks
+    from hyperprag.hyper_objectives import answer_logits, distill_loss, lm_loss, qa_batches
+    from hyperprag.data import Passage
+
+    model = tiny_model()
+    init = {n: (a, torch.zeros_like(b)) for n, (a, b) in random_adapter(model, 3).factors.items()}
+    kept = {n: (a.clone(), b.clone()) for n, (a, b) in init.items()}
+    doc = Passage("Glass Regatta", "The Glass Regatta is rowed on Lake Ennisar by Pell Okonjo.")
+    student, teacher = qa_batches(tokenizer, [doc, doc], ["Who rows?", "Where?"], ["Pell Okonjo", "Lake Ennisar"])
+
+    def kl(factors=None):
+        with torch.no_grad(), lora_hooks(model, factors or {}, scaling=16.0):
+            return float(distill_loss(answer_logits(model, student), answer_logits(model, teacher)))
+
+    fits = fit_adapter(model, student, init, 16.0, teacher, steps=(1, 60), lr=3e-2)
+    assert sorted(fits) == [1, 60]
+    assert fits[1][1] == pytest.approx(kl(), rel=1e-4)  # step 1's objective is the untrained adapter's
+    assert kl(fits[60][0]) < 0.5 * kl(), (kl(fits[60][0]), kl())
+    assert all(torch.equal(init[n][1], kept[n][1]) for n in init)  # the init is not trained in place
+    gold = fit_adapter(model, student, init, 16.0, None, steps=(60,), lr=3e-2)[60][0]
+    with torch.no_grad():
+        before = float(lm_loss(answer_logits(model, student), student))
+        with lora_hooks(model, gold, scaling=16.0):
+            after = float(lm_loss(answer_logits(model, student), student))
+    assert after < before - 0.3, (after, before)
