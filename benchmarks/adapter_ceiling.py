@@ -139,12 +139,8 @@ def measure(model, tokenizer, examples: list[QAExample], adapters: list[DocAdapt
         answered = evaluate(model, tokenizer, examples, "rag", gold, progress=False)
     elif all(a is None for a in adapters):
         answered = evaluate(model, tokenizer, examples, "closed", gold, progress=False)
-    else:
-        zero = next(a for a in adapters if a is not None)
-        zero = DocAdapter({n: (a, torch.zeros_like(b)) for n, (a, b) in zero.factors.items()}, zero.scaling,
-                          zero.base_model, zero.encoder, zero.version, "none")
-        answered = evaluate(model, tokenizer, examples, "prag", gold, progress=False,
-                            adapters=[a if a is not None else zero for a in adapters])
+    else:  # a question with no adapter (None) is answered closed-book in the same batch
+        answered = evaluate(model, tokenizer, examples, "prag", gold, progress=False, adapters=adapters)
     loss = answer_loss(model, tokenizer, examples, adapters, in_context=in_context)
     first = first_word(model, tokenizer, examples, adapters, in_context=in_context)
     return {"n": len(examples), "loss": loss, "first_loss": first[0], "first_right": first[1],
