@@ -182,7 +182,8 @@ def run(names: list[str], out: Path, exact_store: Path, checkpoint: Path) -> Non
             rows = {}
             for step, (adapters, scored, losses) in fitted(model, tokenizer, name, paragraphs, out).items():
                 rows[f"{name}@{step}"] = measure(model, tokenizer, scored, adapters)
-                rows[f"{name}@{step}"]["objective"] = sum(losses) / len(losses)
+                trained = [x for x in losses if x == x]  # nan: a fit with nothing to train on
+                rows[f"{name}@{step}"]["objective"] = sum(trained) / len(trained)
                 rows[f"{name}@{step}"]["untrained_questions"] = sum(a is None for a in adapters)
         path.write_text(json.dumps(rows, indent=1))
 
