@@ -46,6 +46,7 @@ from hyperprag.evaluate import evaluate
 from hyperprag.exact import ExactEncoder, LoraTrainConfig
 from hyperprag.hyper_encoder import DEFAULT_CHECKPOINT, HyperEncoder
 from hyperprag.hyper_objectives import answer_batch, qa_batches
+from hyperprag.metrics import paired_bootstrap
 from hyperprag.models import load_base_model, model_id
 from hyperprag.prompts import build_prompt
 from hyperprag.store import AdapterStore
@@ -197,15 +198,21 @@ def table(out: Path) -> None:
     none, ctx = rows["none"], rows["in_context"]
     order = ["none", "exact", "generated"] + sorted(k for k in rows if "@" in k) + ["in_context"]
     print("| adapter | answer loss | share of gap | first word loss | share of gap | first word right "
-          "| F1 | share of F1 gap | objective at the end |")
-    print("|---" * 9 + "|")
+          "| F1 | share of F1 gap | F1 minus generated's [95% CI] | objective at the end |")
+    print("|---" * 10 + "|")
+    generated = {p["id"]: p["f1"] for p in rows["generated"]["predictions"]} if "generated" in rows else None
     for key in (k for k in order if k in rows):
         r = rows[key]
         share = lambda m: (none[m] - r[m]) / (none[m] - ctx[m])  # noqa: E731
         f1_share = (r["f1"] - none["f1"]) / (ctx["f1"] - none["f1"])
         objective = f"{r['objective']:.3f}" if "objective" in r else ""
+        paired = ""
+        if generated and key != "generated":  # paired by question: the fold variants score them in another order
+            mean, lo, hi = paired_bootstrap([p["f1"] for p in r["predictions"]],
+                                            [generated[p["id"]] for p in r["predictions"]])
+            paired = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         print(f"| {key} | {r['loss']:.3f} | {share('loss'):.2f} | {r['first_loss']:.3f} | {share('first_loss'):.2f} "
-              f"| {round(r['first_right'] * r['n'])}/{r['n']} | {r['f1']:.3f} | {f1_share:.2f} | {objective} |")
+              f"| {round(r['first_right'] * r['n'])}/{r['n']} | {r['f1']:.3f} | {f1_share:.2f} | {paired} | {objective} |")
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
-"""SQuAD-style answer scoring: exact match and token F1, the best over every gold alias."""
+"""SQuAD-style answer scoring: exact match and token F1, the best over every gold alias; and a
+paired bootstrap to tell two systems' scores on the same questions apart."""
 from __future__ import annotations
 
+import random
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -43,3 +45,15 @@ def best_em_f1(prediction: str, golds: Iterable[str]) -> tuple[float, float]:
     if not golds:
         raise ValueError("a question needs at least one gold answer to be scored")
     return (max(exact_match(prediction, g) for g in golds), max(token_f1(prediction, g) for g in golds))
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 10_000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired questions, with a 95% percentile bootstrap interval: on 100
+    questions a gap of a few answers is often noise, and pairing removes the questions' own spread."""
+    if len(a) != len(b) or not a:
+        raise ValueError("need the same questions, at least one, in both")
+    diffs = [x - y for x, y in zip(a, b)]
+    rng, n = random.Random(seed), len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]

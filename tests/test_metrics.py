@@ -31,3 +31,21 @@ def test_best_over_aliases_each_metric_independently():
 def test_no_gold_is_an_error():
     with pytest.raises(ValueError):
         best_em_f1("x", [])
+
+
+def test_paired_bootstrap_interval():
+    from hyperprag.metrics import paired_bootstrap
+
+    same = [0.0, 1.0, 0.5, 0.25] * 25
+    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
+    better = [x + 0.1 for x in same]
+    mean, lo, hi = paired_bootstrap(better, same)
+    assert mean == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
+    # Ten answers of 100 right in one system only: the interval excludes 0; one of 100 does not.
+    mean, lo, hi = paired_bootstrap([1.0] * 10 + [0.0] * 90, [0.0] * 100)
+    assert mean == pytest.approx(0.1) and 0.03 < lo < 0.1 < hi < 0.17
+    mean, lo, hi = paired_bootstrap([1.0] + [0.0] * 99, [0.0] * 100)
+    assert lo == 0.0 < mean < hi
+    assert paired_bootstrap([1.0, 0.0], [0.0, 1.0], seed=1) == paired_bootstrap([1.0, 0.0], [0.0, 1.0], seed=1)
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [1.0, 0.0])
