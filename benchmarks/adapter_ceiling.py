@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from hyperprag.adapter import DocAdapter, content_hash
 from hyperprag.augment import Augmenter
 from hyperprag.data import QAExample, load_questions, spread_questions
-from hyperprag.diagnostics import answer_loss, first_word, fit_adapter
+from hyperprag.diagnostics import answer_loss, first_word, fit_adapter, specificity, wrong_document
 from hyperprag.evaluate import evaluate
 from hyperprag.exact import ExactEncoder, LoraTrainConfig
 from hyperprag.hyper_encoder import DEFAULT_CHECKPOINT, HyperEncoder
@@ -149,7 +149,8 @@ def measure(model, tokenizer, examples: list[QAExample], adapters: list[DocAdapt
             "predictions": [{k: r[k] for k in ("id", "prediction", "f1")} for r in answered["predictions"]]}
 
 
-def reference(model, tokenizer, examples: list[QAExample], exact_store: Path, checkpoint: Path) -> dict:
+def reference_adapters(model, tokenizer, examples: list[QAExample], exact_store: Path, checkpoint: Path) -> dict:
+    """Per question, its paragraph's exact (reference recipe) adapter and generated adapter."""
     hashes = [content_hash(ex.passages[0].text) for ex in examples]
     store, key = AdapterStore(exact_store), ExactEncoder(model, tokenizer).key
     exact = [store.get(h, key, model_id(model)) for h in hashes]
@@ -161,10 +162,23 @@ def reference(model, tokenizer, examples: list[QAExample], exact_store: Path, ch
     docs = list({h: ex.passages[0] for h, ex in zip(hashes, examples)}.items())
     by_hash = dict(zip([h for h, _ in docs], HyperEncoder.from_pretrained(checkpoint, model, tokenizer)
                        .encode([d for _, d in docs])))
-    return {"none": measure(model, tokenizer, examples, [None] * len(examples)),
-            "in_context": measure(model, tokenizer, examples, [None] * len(examples), in_context=True),
-            "exact": measure(model, tokenizer, examples, exact),
-            "generated": measure(model, tokenizer, examples, [by_hash[h] for h in hashes])}
+    return {"exact": exact, "generated": [by_hash[h] for h in hashes]}
+
+
+def reference(model, tokenizer, examples: list[QAExample], rows: dict, exact_store: Path, checkpoint: Path) -> dict:
+    """No adapter, the passage in the prompt, and the exact and generated adapters with their
+    wrong-document ablation; ``rows`` holds what an earlier run measured."""
+    none = [None] * len(examples)
+    if "none" not in rows:
+        rows["none"] = measure(model, tokenizer, examples, none)
+    if "in_context" not in rows:
+        rows["in_context"] = measure(model, tokenizer, examples, none, in_context=True)
+    if not all("wrong" in rows.get(k, {}) for k in ("exact", "generated")):
+        for name, adapters in reference_adapters(model, tokenizer, examples, exact_store, checkpoint).items():
+            if name not in rows:
+                rows[name] = measure(model, tokenizer, examples, adapters)
+            rows[name]["wrong"] = measure(model, tokenizer, examples, wrong_document(adapters))
+    return rows
 
 
 def run(names: list[str], out: Path, exact_store: Path, checkpoint: Path) -> None:
@@ -175,17 +189,21 @@ def run(names: list[str], out: Path, exact_store: Path, checkpoint: Path) -> Non
         paragraphs[content_hash(ex.passages[0].text)].append(ex)
     for name in names:
         path = out / f"{name}.json"
-        if path.exists():
-            continue
+        rows = json.loads(path.read_text()) if path.exists() else {}
         if name == "reference":
-            rows = reference(model, tokenizer, examples, exact_store, checkpoint)
+            rows = reference(model, tokenizer, examples, rows, exact_store, checkpoint)
         else:
-            rows = {}
             for step, (adapters, scored, losses) in fitted(model, tokenizer, name, paragraphs, out).items():
-                rows[f"{name}@{step}"] = measure(model, tokenizer, scored, adapters)
-                trained = [x for x in losses if x == x]  # nan: a fit with nothing to train on
-                rows[f"{name}@{step}"]["objective"] = sum(trained) / len(trained)
-                rows[f"{name}@{step}"]["untrained_questions"] = sum(a is None for a in adapters)
+                row = rows.get(f"{name}@{step}")
+                if row is None:
+                    row = rows[f"{name}@{step}"] = measure(model, tokenizer, scored, adapters)
+                    trained = [x for x in losses if x == x]  # nan: a fit with nothing to train on
+                    row["objective"] = sum(trained) / len(trained)
+                    row["untrained_questions"] = sum(a is None for a in adapters)
+                if step == max(STEPS) and "wrong" not in row and None not in adapters:
+                    # Specificity: each question with another paragraph's adapter (the bench's draw).
+                    row["wrong"] = measure(model, tokenizer, scored, wrong_document(adapters))
+                path.write_text(json.dumps(rows, indent=1))
         path.write_text(json.dumps(rows, indent=1))
 
 
@@ -198,21 +216,25 @@ def table(out: Path) -> None:
     none, ctx = rows["none"], rows["in_context"]
     order = ["none", "exact", "generated"] + sorted(k for k in rows if "@" in k) + ["in_context"]
     print("| adapter | answer loss | share of gap | first word loss | share of gap | first word right "
-          "| F1 | share of F1 gap | F1 minus generated's [95% CI] | objective at the end |")
-    print("|---" * 10 + "|")
+          "| F1 | share of F1 gap | F1 minus generated's [95% CI] | F1, another paragraph's adapter (share of lift lost) "
+          "| objective at the end |")
+    print("|---" * 11 + "|")
     generated = {p["id"]: p["f1"] for p in rows["generated"]["predictions"]} if "generated" in rows else None
     for key in (k for k in order if k in rows):
         r = rows[key]
         share = lambda m: (none[m] - r[m]) / (none[m] - ctx[m])  # noqa: E731
         f1_share = (r["f1"] - none["f1"]) / (ctx["f1"] - none["f1"])
         objective = f"{r['objective']:.3f}" if "objective" in r else ""
-        paired = ""
+        paired, wrong = "", ""
+        if "wrong" in r:
+            lost = specificity(none["f1"], r["f1"], r["wrong"]["f1"])["share_of_lift_lost"]
+            wrong = f"{r['wrong']['f1']:.3f} ({lost:.2f})"
         if generated and key != "generated":  # paired by question: the fold variants score them in another order
             mean, lo, hi = paired_bootstrap([p["f1"] for p in r["predictions"]],
                                             [generated[p["id"]] for p in r["predictions"]])
             paired = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         print(f"| {key} | {r['loss']:.3f} | {share('loss'):.2f} | {r['first_loss']:.3f} | {share('first_loss'):.2f} "
-              f"| {round(r['first_right'] * r['n'])}/{r['n']} | {r['f1']:.3f} | {f1_share:.2f} | {paired} | {objective} |")
+              f"| {round(r['first_right'] * r['n'])}/{r['n']} | {r['f1']:.3f} | {f1_share:.2f} | {paired} | {wrong} | {objective} |")
 
 
 def main() -> None:
