@@ -191,7 +191,7 @@ def run(names: list[str], out: Path, exact_store: Path, checkpoint: Path) -> Non
         path = out / f"{name}.json"
         rows = json.loads(path.read_text()) if path.exists() else {}
         if name == "reference":
-            rows = reference(model, tokenizer, examples, rows, exact_store, checkpoint)
+            path.write_text(json.dumps(reference(model, tokenizer, examples, rows, exact_store, checkpoint), indent=1))
         else:
             for step, (adapters, scored, losses) in fitted(model, tokenizer, name, paragraphs, out).items():
                 row = rows.get(f"{name}@{step}")
@@ -203,8 +203,7 @@ def run(names: list[str], out: Path, exact_store: Path, checkpoint: Path) -> Non
                 if step == max(STEPS) and "wrong" not in row and None not in adapters:
                     # Specificity: each question with another paragraph's adapter (the bench's draw).
                     row["wrong"] = measure(model, tokenizer, scored, wrong_document(adapters))
-                path.write_text(json.dumps(rows, indent=1))
-        path.write_text(json.dumps(rows, indent=1))
+                path.write_text(json.dumps(rows, indent=1))  # after each step's measures: a crash keeps them
 
 
 def table(out: Path) -> None:
