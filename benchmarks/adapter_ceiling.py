@@ -33,9 +33,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from hyperprag.adapter import DocAdapter, content_hash
@@ -114,17 +111,15 @@ def fitted(model, tokenizer, name: str, paragraphs: dict[str, list[QAExample]], 
                 batches = training_batches(tokenizer, train, scored, variant, encoder.augmenter)
                 fits = fit_adapter(model, batches[0], init, scaling, batches[1], STEPS, LR) if batches else {}
                 for s, f in files.items():
-                    factors, loss = fits.get(s, ({}, float("nan")))
-                    save_file({f"{n}.{ab}": t.contiguous() for n, (a, b) in factors.items()
-                               for ab, t in (("A", a), ("B", b))} or {"empty": torch.zeros(0)},
-                              str(f), {"loss": str(loss)})
+                    if s in fits:
+                        factors, loss = fits[s]
+                        DocAdapter(factors, scaling, model_id(model), f"ceiling-{name}", "1", h,
+                                   {"objective": str(loss)}).save(f)
+                    else:
+                        f.write_bytes(b"")  # nothing to train on: an empty file stands for no adapter
             for s, f in files.items():
-                tensors = load_file(str(f))
-                with safe_open(str(f), "pt") as fh:
-                    loss = float(fh.metadata()["loss"])
-                names = {n.rsplit(".", 1)[0] for n in tensors if n != "empty"}
-                ad = DocAdapter({n: (tensors[f"{n}.A"], tensors[f"{n}.B"]) for n in names}, scaling,
-                                model_id(model), f"ceiling-{name}", "1", h) if names else None
+                ad = DocAdapter.load(f) if f.stat().st_size else None
+                loss = float(ad.extra["objective"]) if ad else float("nan")
                 result[s][0].extend([ad] * len(scored))
                 result[s][1].extend(scored)
                 result[s][2].append(loss)
