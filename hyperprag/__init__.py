@@ -8,7 +8,7 @@ from .data import DataError, Passage, QAExample, load_questions, read_corpus, re
 from .embedder import load_embedder
 from .encoder import DocumentEncoder
 from .errors import HyperpragError, MissingDependencyError
-from .exact import ExactEncoder, LoraTrainConfig
+from .exact import RECIPES, ExactEncoder, LoraTrainConfig
 from .hyper_encoder import HyperEncoder
 from .inject import inject
 from .merge import merge_adapters
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterMismatchError", "DocAdapter", "content_hash", "DataError", "Passage", "QAExample",
     "load_questions", "read_corpus", "read_qa_jsonl", "load_embedder", "DocumentEncoder",
-    "HyperpragError", "MissingDependencyError", "ExactEncoder", "LoraTrainConfig", "HyperEncoder",
+    "HyperpragError", "MissingDependencyError", "ExactEncoder", "LoraTrainConfig", "RECIPES", "HyperEncoder",
     "inject", "merge_adapters", "best_em_f1", "exact_match", "normalize_answer", "token_f1",
     "FFNTarget", "find_ffn_targets", "load_base_model", "export_peft", "import_peft",
     "build_prompt", "extract_answer", "BM25Index", "DenseIndex", "build_index", "retrieve",

@@ -338,6 +338,7 @@ def _launched() -> bool:
 
 def cmd_demo(args) -> int:
     from .evaluate import evaluate, get_mode
+    from .encoders import exact_config
     from .hyper_encoder import DEFAULT_CHECKPOINT
     from .models import load_base_model
 
@@ -347,8 +348,9 @@ def cmd_demo(args) -> int:
     retrieved = _retrieve(args, examples, corpus)
     print("Loading the base model (the first run converts the packaged GGUF, about two minutes)...")
     model, tokenizer = load_base_model(args.model)
-    print(f"Encoding the documents into adapters with the exact encoder (lr {args.lr:g}, {args.epochs} "
-          f"epochs; cached in the store after the first run)...")
+    lora = exact_config(args)
+    print(f"Encoding the documents into adapters with the exact encoder (lr {lora.lr:g}, {lora.epochs} "
+          f"epochs, batch {lora.batch_size}; cached in the store after the first run)...")
     adapters = {"exact": _adapters(args, model, tokenizer, retrieved, "exact")}
     modes = ["closed", "rag", "prag", "prag-combine"]
     if args.checkpoint or DEFAULT_CHECKPOINT.exists():

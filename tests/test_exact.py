@@ -131,3 +131,34 @@ def test_repeated_document_is_augmented_once(tmp_path, tokenizer, monkeypatch):
     monkeypatch.setattr(aug, "_augment_batch", lambda docs, hashes: batches.append(len(docs)) or original(docs, hashes))
     first, second = aug.augment([DOC, DOC], progress=False)
     assert batches == [1] and first == second
+
+
+def test_recipe_options_override_only_what_is_given():
+    import argparse
+
+    from hyperprag.encoders import add_encoder_args, exact_config
+    from hyperprag.exact import RECIPES
+
+    p = argparse.ArgumentParser()
+    add_encoder_args(p)
+    assert exact_config(p.parse_args([])) == RECIPES["reference"] == LoraTrainConfig()
+    converged = exact_config(p.parse_args(["--recipe", "converged"]))
+    assert (converged.lr, converged.epochs, converged.batch_size) == (1e-3, 40, 64)
+    tuned = exact_config(p.parse_args(["--recipe", "converged", "--epochs", "5", "--train-batch-size", "2"]))
+    assert (tuned.lr, tuned.epochs, tuned.batch_size, tuned.rank) == (1e-3, 5, 2, 2)
+
+
+def test_converged_recipe_takes_one_full_batch_step_per_epoch(tokenizer, monkeypatch):
+    """All of a document's sequences in each step: 3 epochs are 3 optimiser steps, and the
+    adapter fits the document's sequences far better than the reference recipe's."""
+    from dataclasses import replace
+
+    from hyperprag.exact import RECIPES
+
+    enc, model = make_encoder(tokenizer, **vars(replace(RECIPES["converged"], epochs=3, lr=1e-2)))
+    steps = []
+    original = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
+    [ad] = enc.encode([DOC])
+    assert len(steps) == 3
+    assert _qa_loss(model, tokenizer, enc, ad) < _qa_loss(model, tokenizer, enc) - 0.05
