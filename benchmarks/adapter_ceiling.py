@@ -20,10 +20,13 @@ questions at several step counts:
 
 References (variant ``reference``): no adapter, the passage in the prompt, the exact adapters (from
 ``--exact-store``) and the shipped checkpoint's own single adapter, all with the gold paragraph.
-Each fitted adapter is saved as it is made, so a run resumes where it stopped.
+Each fitted adapter is saved as it is made, so a run resumes where it stopped. ``cosines`` compares
+the deltas of every pair of kinds (generated, exact, and each fitted variant) paragraph by paragraph:
+does a generated adapter point where training goes?
 
     .venv/bin/python benchmarks/adapter_ceiling.py run reference oracle-kl   # measure these
     .venv/bin/python benchmarks/adapter_ceiling.py table                     # the table, from what ran
+    .venv/bin/python benchmarks/adapter_ceiling.py cosines                   # delta cosines between kinds
 """
 from __future__ import annotations
 
@@ -33,12 +36,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from hyperprag.adapter import DocAdapter, content_hash
 from hyperprag.augment import Augmenter
 from hyperprag.data import QAExample, load_questions, spread_questions
-from hyperprag.diagnostics import answer_loss, first_word, fit_adapter, specificity, wrong_document
+from hyperprag.diagnostics import (answer_loss, first_word, fit_adapter, similarity_matrix, specificity,
+                                   wrong_document)
 from hyperprag.evaluate import evaluate
 from hyperprag.exact import ExactEncoder, LoraTrainConfig
 from hyperprag.hyper_encoder import DEFAULT_CHECKPOINT, HyperEncoder
@@ -201,6 +206,35 @@ def run(names: list[str], out: Path, exact_store: Path, checkpoint: Path) -> Non
                 path.write_text(json.dumps(rows, indent=1))  # after each step's measures: a crash keeps them
 
 
+def own_other(sim: torch.Tensor) -> tuple[float, float, int]:
+    """From the cosines of one kind's adapters (rows) with another's (columns), both in the same
+    paragraph order: the mean for the same paragraph, for different ones, and in how many rows the
+    same paragraph's is the largest."""
+    k = sim.shape[0]
+    other = (sim.sum() - sim.diagonal().sum()) / (k * (k - 1))
+    best = sum(int(sim[i, i] > torch.cat([sim[i, :i], sim[i, i + 1:]]).max()) for i in range(k))
+    return float(sim.diagonal().mean()), float(other), best
+
+
+def cosines(out: Path, exact_store: Path, checkpoint: Path) -> None:
+    model, tokenizer = load_base_model(None)
+    examples = list({content_hash(ex.passages[0].text): ex for ex in spread_questions(load_questions(DATA), 100, 5)}.values())
+    kinds = dict(reference_adapters(model, tokenizer, examples, exact_store, checkpoint))
+    for name, variant in VARIANTS.items():
+        files = [out / name / f"{content_hash(ex.passages[0].text)}-0-{max(STEPS)}.safetensors" for ex in examples]
+        if variant.rank == 2 and all(f.exists() and f.stat().st_size for f in files):
+            kinds[f"{name}@{max(STEPS)}"] = [DocAdapter.load(f) for f in files]
+    names, k = list(kinds), len(examples)
+    sim = similarity_matrix([a for n in names for a in kinds[n]])
+    print(f"{k} paragraphs, deltas compared module by module and summed (low-rank form)\n")
+    print("| kinds | cosine, same paragraph | different paragraphs | paragraphs whose own is closest |")
+    print("|---|---|---|---|")
+    for i, x in enumerate(names):
+        for j, y in enumerate(names[i + 1:], i + 1):
+            own, other, best = own_other(sim[i * k:(i + 1) * k, j * k:(j + 1) * k])
+            print(f"| {x} x {y} | {own:.4f} | {other:.4f} | {best}/{k} |")
+
+
 def table(out: Path) -> None:
     rows = {}
     for path in sorted(out.glob("*.json")):
@@ -233,7 +267,7 @@ def table(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("run", "table"))
+    ap.add_argument("command", choices=("run", "table", "cosines"))
     ap.add_argument("variants", nargs="*", help=f"with run: reference, {', '.join(VARIANTS)} (default: all)")
     ap.add_argument("--out", type=Path, default=Path("out/ceiling"))
     ap.add_argument("--exact-store", type=Path, default=Path("out/exact-store"),
@@ -243,6 +277,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "table":
         return table(args.out)
+    if args.command == "cosines":
+        return cosines(args.out, args.exact_store, args.checkpoint or DEFAULT_CHECKPOINT)
     unknown = set(args.variants) - set(VARIANTS) - {"reference"}
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from reference, {', '.join(VARIANTS)}")

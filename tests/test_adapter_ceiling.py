@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from adapter_ceiling import VARIANTS, folds, training_batches  # noqa: E402
+from adapter_ceiling import VARIANTS, folds, own_other, training_batches  # noqa: E402
 
 from hyperprag.augment import Augmentation  # noqa: E402
 from hyperprag.data import Passage, QAExample  # noqa: E402
@@ -38,3 +38,12 @@ def test_training_batches_per_variant(tokenizer):
     student, teacher = training_batches(tokenizer, QS, QS, VARIANTS["self-lm"], aug)
     assert teacher is None and student.input_ids.shape[0] == 3  # passage, rewrite, one QA pair
     assert training_batches(tokenizer, [], QS, VARIANTS["fold-kl"], aug) is None
+
+
+def test_own_other_separates_the_same_paragraph_from_the_rest():
+    import torch
+
+    sim = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.5, 0.1], [0.4, 0.0, 0.3]])
+    own, other, best = own_other(sim)
+    assert abs(own - (0.9 + 0.5 + 0.3) / 3) < 1e-6 and abs(other - 1.1 / 6) < 1e-6
+    assert best == 2  # the third row's own (0.3) loses to 0.4
