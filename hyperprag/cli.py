@@ -156,9 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "print a table. The first run trains the adapters (a few minutes on a CPU).")
     _add_model_args(demo)
     _add_parametric_args(demo)
-    # One document per question, and a recipe strong enough for a 270M model to absorb a fact
-    # (PRAG's 3e-4 x 1 epoch barely moves it); both are printed and can be overridden.
-    demo.set_defaults(top_k=1, lr=1e-3, epochs=3)
+    # One document per question; the recipe is made stronger in cmd_demo.
+    demo.set_defaults(top_k=1)
     return parser
 
 
@@ -348,6 +347,10 @@ def cmd_demo(args) -> int:
     retrieved = _retrieve(args, examples, corpus)
     print("Loading the base model (the first run converts the packaged GGUF, about two minutes)...")
     model, tokenizer = load_base_model(args.model)
+    if args.recipe == "reference":
+        # Strong enough for a 270M model to absorb a fact (PRAG's 3e-4 x 1 epoch barely moves it);
+        # printed below, and --lr, --epochs or --recipe converged override it.
+        args.lr, args.epochs = args.lr or 1e-3, args.epochs or 3
     lora = exact_config(args)
     print(f"Encoding the documents into adapters with the exact encoder (lr {lora.lr:g}, {lora.epochs} "
           f"epochs, batch {lora.batch_size}; cached in the store after the first run)...")
