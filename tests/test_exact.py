@@ -143,9 +143,9 @@ def test_recipe_options_override_only_what_is_given():
     add_encoder_args(p)
     assert exact_config(p.parse_args([])) == RECIPES["reference"] == LoraTrainConfig()
     converged = exact_config(p.parse_args(["--recipe", "converged"]))
-    assert (converged.lr, converged.epochs, converged.batch_size) == (1e-3, 40, 64)
-    tuned = exact_config(p.parse_args(["--recipe", "converged", "--epochs", "5", "--train-batch-size", "2"]))
-    assert (tuned.lr, tuned.epochs, tuned.batch_size, tuned.rank) == (1e-3, 5, 2, 2)
+    assert (converged.lr, converged.epochs, converged.batch_size) == (1e-3, 10, 64)
+    tuned = exact_config(p.parse_args(["--recipe", "converged", "--epochs", "40", "--train-batch-size", "2"]))
+    assert (tuned.lr, tuned.epochs, tuned.batch_size, tuned.rank) == (1e-3, 40, 2, 2)
 
 
 def test_converged_recipe_takes_one_full_batch_step_per_epoch(tokenizer, monkeypatch):
