@@ -1,0 +1,31 @@
+"""benchmarks/compare_runs.py: bench runs compared question by question."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from compare_runs import compare, per_question_f1  # noqa: E402
+
+
+def write_run(path: Path, f1: dict[str, float]) -> Path:
+    preds = [{"id": i, "prediction": "x", "f1": v} for i, v in f1.items()]
+    path.write_text(json.dumps({"datasets": {"squad": {"predictions": {"prag": preds}}}}))
+    return path
+
+
+def test_paired_difference_follows_the_question_ids_not_the_order(tmp_path):
+    a = per_question_f1(write_run(tmp_path / "a.json", {"q1": 0.0, "q2": 1.0, "q3": 0.5}), "squad", "prag")
+    b = per_question_f1(write_run(tmp_path / "b.json", {"q3": 0.5, "q2": 1.0, "q1": 1.0}), "squad", "prag")
+    mean, lo, hi = compare(a, b)
+    assert mean == pytest.approx(1 / 3) and lo <= mean <= hi
+
+
+def test_runs_on_different_questions_or_missing_modes_are_refused(tmp_path):
+    a = per_question_f1(write_run(tmp_path / "a.json", {"q1": 0.0}), "squad", "prag")
+    b = per_question_f1(write_run(tmp_path / "b.json", {"q2": 0.0}), "squad", "prag")
+    with pytest.raises(SystemExit, match="different questions"):
+        compare(a, b)
+    with pytest.raises(SystemExit, match="no mode 'hyper'"):
+        per_question_f1(tmp_path / "a.json", "squad", "hyper")
