@@ -99,6 +99,11 @@ def training_batches(tokenizer, train: list[QAExample], scored: list[QAExample],
     return student, (teacher if variant.objective == "kl" else None)
 
 
+def fit_file(out: Path, variant: str, doc_hash: str, fold: int, steps: int) -> Path:
+    """Where one fit's adapter is cached (an empty file: nothing to train on)."""
+    return out / variant / f"{doc_hash}-{fold}-{steps}.safetensors"
+
+
 def fitted(model, tokenizer, name: str, paragraphs: dict[str, list[QAExample]], out: Path
            ) -> dict[int, tuple[list[DocAdapter | None], list[QAExample], list[float]]]:
     """Per step count: one adapter per scored question (None: nothing to train on), the questions
@@ -106,12 +111,11 @@ def fitted(model, tokenizer, name: str, paragraphs: dict[str, list[QAExample]], 
     variant = VARIANTS[name]
     encoder = ExactEncoder(model, tokenizer, LoraTrainConfig(rank=variant.rank))
     init, scaling = encoder.init_factors, encoder.lora.scaling
-    cache = out / name
-    cache.mkdir(parents=True, exist_ok=True)
+    (out / name).mkdir(parents=True, exist_ok=True)
     result = {s: ([], [], []) for s in STEPS}
     for h, questions in tqdm(paragraphs.items(), desc=name):
         for k, (train, scored) in enumerate(folds(questions, variant.data)):
-            files = {s: cache / f"{h}-{k}-{s}.safetensors" for s in STEPS}
+            files = {s: fit_file(out, name, h, k, s) for s in STEPS}
             if not all(f.exists() for f in files.values()):
                 batches = training_batches(tokenizer, train, scored, variant, encoder.augmenter)
                 fits = fit_adapter(model, batches[0], init, scaling, batches[1], STEPS, LR) if batches else {}
@@ -221,7 +225,7 @@ def cosines(out: Path, exact_store: Path, checkpoint: Path) -> None:
     examples = list({content_hash(ex.passages[0].text): ex for ex in spread_questions(load_questions(DATA), 100, 5)}.values())
     kinds = dict(reference_adapters(model, tokenizer, examples, exact_store, checkpoint))
     for name, variant in VARIANTS.items():
-        files = [out / name / f"{content_hash(ex.passages[0].text)}-0-{max(STEPS)}.safetensors" for ex in examples]
+        files = [fit_file(out, name, content_hash(ex.passages[0].text), 0, max(STEPS)) for ex in examples]
         if variant.rank == 2 and all(f.exists() and f.stat().st_size for f in files):
             kinds[f"{name}@{max(STEPS)}"] = [DocAdapter.load(f) for f in files]
     names, k = list(kinds), len(examples)
