@@ -4,11 +4,12 @@ Defaults are the paper's recipe: 1 rewrite + 3 QA pairs, r=2, alpha=32, dropout 
 batch 1, FFN modules only, and one shared seeded initial LoRA (A random, B zero) for every document.
 The LoRA is trained through the same forward hooks that later inject it, so training and
 inference cannot disagree about what an adapter means. Sequences are never padded to a fixed
-length (dynamic padding per batch) unless ``pad_to`` asks for it, which exists to measure the cost
-of the reference code's fixed 3000-token padding.
+length unless ``pad_to`` asks for it, which exists to measure the cost of the reference code's
+fixed 3000-token padding; a batch runs as forward passes of similar length instead.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .adapter import DocAdapter, content_hash
 from .augment import AugmentConfig, Augmentation, Augmenter
@@ -27,6 +29,7 @@ from .models import find_ffn_targets, model_id
 from .prompts import build_prompt
 
 ENCODER_VERSION = "1"
+PAD_SLACK = 1.25  # padded tokens a forward pass may hold, as a multiple of its real ones
 
 
 @dataclass
@@ -86,6 +89,7 @@ class ExactEncoder(DocumentEncoder):
         self.chunk_size = self.augmenter.config.batch_size
         self.base_model = model_id(model)
         self.targets = find_ffn_targets(model)
+        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         for p in model.parameters():
             p.requires_grad_(False)
         gen = torch.Generator().manual_seed(self.lora.init_seed)
@@ -123,39 +127,84 @@ class ExactEncoder(DocumentEncoder):
                                        content_hash(original.text), extra))
         return adapters
 
-    def _batches(self, seqs: list[TrainSequence]):
-        gen = torch.Generator().manual_seed(self.lora.seed)
-        order = torch.randperm(len(seqs), generator=gen).tolist()
-        bs = self.lora.batch_size
-        for start in range(0, len(order), bs):
-            yield self._collate([seqs[i] for i in order[start:start + bs]])
-
-    def _collate(self, batch: list[TrainSequence]) -> dict[str, torch.Tensor]:
+    def _tokenize(self, s: TrainSequence) -> tuple[list[int], list[int]]:
+        """Token ids and labels: -100 on the prompt of a QA pair and on BOS."""
         tok = self.tokenizer
-        rows, labels = [], []
-        for s in batch:
-            enc = tok(s.text, return_offsets_mapping=True, truncation=True,
-                      max_length=self.lora.max_doc_tokens + 128)
-            ids = enc["input_ids"]
-            lab = [i if end > s.prompt_chars else -100 for i, (_, end) in zip(ids, enc["offset_mapping"])]
-            if tok.bos_token_id is not None and ids and ids[0] == tok.bos_token_id:
-                lab[0] = -100
-            rows.append(ids)
-            labels.append(lab)
-        length = self.lora.pad_to or max(len(r) for r in rows)
-        pad = tok.pad_token_id
-        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        enc = tok(s.text, return_offsets_mapping=True, truncation=True, max_length=self.lora.max_doc_tokens + 128)
+        ids = enc["input_ids"]
+        labels = [i if end > s.prompt_chars else -100 for i, (_, end) in zip(ids, enc["offset_mapping"])]
+        if tok.bos_token_id is not None and ids and ids[0] == tok.bos_token_id:
+            labels[0] = -100
+        return ids, labels
+
+    def _batches(self, n: int) -> list[list[int]]:
+        """Indices of each optimiser step's sequences, in the seeded order."""
+        gen = torch.Generator().manual_seed(self.lora.seed)
+        order = torch.randperm(n, generator=gen).tolist()
+        bs = self.lora.batch_size
+        return [order[start:start + bs] for start in range(0, n, bs)]
+
+    def _passes(self, rows: list[tuple[list[int], list[int]]]) -> list[list[int]]:
+        """One optimiser batch (token ids, labels) split into forward passes, longest first.
+
+        A batch holds the passage and its rewrites next to QA pairs a fraction of their length;
+        padded together, the QA pairs would cost as much as the passage. So QA pairs (loss on the
+        answer only) never share a pass with whole texts, whose every position needs logits, and a
+        sequence joins the current pass while padding stays within ``PAD_SLACK`` of the real
+        tokens. With ``pad_to`` everything stays in one pass, as the reference code's fixed padding
+        does."""
+        if self.lora.pad_to:
+            return [list(range(len(rows)))]
+        lengths = [len(ids) for ids, _ in rows]
+        answer_only = [-100 in labels[1:] for _, labels in rows]
+        passes: list[list[int]] = []
+        for i in sorted(range(len(rows)), key=lambda i: (answer_only[i], -lengths[i])):
+            current = passes[-1] if passes else []
+            fits = current and answer_only[current[0]] == answer_only[i] and \
+                (len(current) + 1) * lengths[current[0]] <= PAD_SLACK * (sum(lengths[j] for j in current) + lengths[i])
+            if fits:
+                current.append(i)
+            else:
+                passes.append([i])
+        return passes
+
+    def _collate(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+        length = self.lora.pad_to or max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(rows), length), dtype=torch.long)
         label_t = torch.full((len(rows), length), -100, dtype=torch.long)
-        for i, (r, lab) in enumerate(zip(rows, labels)):
-            r, lab = r[:length], lab[:length]
-            input_ids[i, : len(r)] = torch.tensor(r)
-            attention[i, : len(r)] = 1
+        for i, (ids, lab) in enumerate(rows):
+            ids, lab = ids[:length], lab[:length]
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention[i, : len(ids)] = 1
             label_t[i, : len(lab)] = torch.tensor(lab)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": label_t}
 
+    def _positions(self, labels: torch.Tensor) -> torch.Tensor:
+        """Positions whose next token is a target in some row: only these need logits. A QA pair's
+        prompt needs none, and over a 262k vocabulary the output layer is most of a small model's
+        compute. With ``pad_to`` every position is kept, as the reference code does."""
+        if self.lora.pad_to:
+            return torch.arange(labels.shape[1] - 1, device=labels.device)
+        return (labels[:, 1:] != -100).any(0).nonzero().flatten()
+
+    def _summed_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed next-token loss over one pass's targets, with logits only where they are needed."""
+        labels = inputs.pop("labels")
+        keep = self._positions(labels)
+        if self.keeps_logits:
+            logits = self.model(**inputs, logits_to_keep=keep).logits
+        else:
+            logits = self.model(**inputs).logits[:, keep]
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels[:, keep + 1].flatten(),
+                               ignore_index=-100, reduction="sum")
+
     def train(self, seqs: list[TrainSequence]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Train one LoRA from the shared initial factors on ``seqs``; returns detached (A, B) per module."""
+        """Train one LoRA from the shared initial factors on ``seqs``; returns detached (A, B) per module.
+
+        The loss of a step is the mean over every target token of its batch, as one padded forward
+        pass would give; the passes of a batch each add their summed token losses over that count,
+        so the gradient is the same however the batch is split."""
         cfg = self.lora
         device = next(self.model.parameters()).device
         params = {n: (a.clone().to(device).requires_grad_(True), b.clone().to(device).requires_grad_(True))
@@ -163,13 +212,16 @@ class ExactEncoder(DocumentEncoder):
         optim = torch.optim.AdamW([t for ab in params.values() for t in ab], lr=cfg.lr, weight_decay=0.0)
         torch.manual_seed(cfg.seed)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+        rows = [self._tokenize(s) for s in seqs]
         with torch.enable_grad():
             for _ in range(cfg.epochs):
-                for batch in self._batches(seqs):
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    with lora_hooks(self.model, params, scaling=cfg.scaling, dropout=cfg.dropout), autocast:
-                        loss = self.model(**batch).loss
-                    loss.backward()
+                for batch in self._batches(len(rows)):
+                    targets = sum(sum(label != -100 for label in rows[i][1][1:]) for i in batch)
+                    for group in self._passes([rows[i] for i in batch]):
+                        inputs = {k: v.to(device) for k, v in self._collate([rows[batch[j]] for j in group]).items()}
+                        with lora_hooks(self.model, params, scaling=cfg.scaling, dropout=cfg.dropout), autocast:
+                            loss = self._summed_loss(inputs)
+                        (loss / targets).backward()
                     optim.step()
                     optim.zero_grad(set_to_none=True)
         return {n: (a.detach().cpu(), b.detach().cpu()) for n, (a, b) in params.items()}

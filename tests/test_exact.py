@@ -61,7 +61,7 @@ def make_encoder(tokenizer, **cfg):
 
 
 def _qa_loss(model, tokenizer, enc, adapter=None):
-    batch = enc._collate(training_sequences(DOC, AUG))
+    batch = enc._collate([enc._tokenize(s) for s in training_sequences(DOC, AUG)])
     with torch.no_grad(), inject(model, adapter):
         return model(**batch).loss.item()
 
@@ -82,6 +82,34 @@ def test_fixed_padding_trains_the_same_lora_as_dynamic(tokenizer):
     [a], [b] = dynamic.encode([DOC]), padded.encode([DOC])
     for name in a.factors:
         assert torch.allclose(a.factors[name][1], b.factors[name][1], atol=1e-5)
+
+
+def test_a_batch_is_split_into_passes_of_similar_length(tokenizer):
+    def row(length, prompt=0):
+        return list(range(length)), [-100] * prompt + list(range(prompt, length))
+
+    enc, _ = make_encoder(tokenizer)
+    assert enc._passes([row(30), row(200), row(28), row(180), row(25)]) == [[1, 3], [0, 2, 4]]
+    # a QA pair (loss on its answer only) never shares a pass with whole texts of its length
+    assert enc._passes([row(40), row(40, prompt=35), row(38), row(39, prompt=30)]) == [[0, 2], [1, 3]]
+    assert make_encoder(tokenizer, pad_to=256)[0]._passes([row(30), row(200), row(28)]) == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("keeps_logits", [True, False])
+def test_split_passes_train_the_same_lora_as_one_padded_batch(tokenizer, keeps_logits):
+    # The whole document in one optimiser batch: the passage and rewrite go in one forward pass,
+    # the QA pairs in another, and the step must still be the mean over all target tokens, with
+    # logits only where the next token is a target (asked of the model, or sliced after it).
+    split, _ = make_encoder(tokenizer, lr=1e-2, epochs=2, batch_size=64)
+    assert split.keeps_logits
+    split.keeps_logits = keeps_logits
+    padded, _ = make_encoder(tokenizer, lr=1e-2, epochs=2, batch_size=64, pad_to=96)
+    rows = [split._tokenize(s) for s in training_sequences(DOC, AUG)]
+    assert len(split._passes(rows)) == 2
+    [a], [b] = split.encode([DOC]), padded.encode([DOC])
+    for name in a.factors:
+        assert torch.allclose(a.factors[name][1], b.factors[name][1], atol=1e-5)
+        assert a.factors[name][1].abs().max() > 1e-3
 
 
 def test_every_document_starts_from_the_same_initial_lora(tokenizer):
