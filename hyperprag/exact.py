@@ -213,14 +213,18 @@ class ExactEncoder(DocumentEncoder):
         torch.manual_seed(cfg.seed)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
         rows = [self._tokenize(s) for s in seqs]
+        steps = []  # per optimiser step: its target count and its passes, the same every epoch
+        for batch in self._batches(len(rows)):
+            batch_rows = [rows[i] for i in batch]
+            targets = sum(sum(label != -100 for label in labels[1:]) for _, labels in batch_rows)
+            passes = [self._collate([batch_rows[j] for j in group]) for group in self._passes(batch_rows)]
+            steps.append((targets, passes))
         with torch.enable_grad():
             for _ in range(cfg.epochs):
-                for batch in self._batches(len(rows)):
-                    targets = sum(sum(label != -100 for label in rows[i][1][1:]) for i in batch)
-                    for group in self._passes([rows[i] for i in batch]):
-                        inputs = {k: v.to(device) for k, v in self._collate([rows[batch[j]] for j in group]).items()}
+                for targets, passes in steps:
+                    for inputs in passes:
                         with lora_hooks(self.model, params, scaling=cfg.scaling, dropout=cfg.dropout), autocast:
-                            loss = self._summed_loss(inputs)
+                            loss = self._summed_loss({k: v.to(device) for k, v in inputs.items()})
                         (loss / targets).backward()
                     optim.step()
                     optim.zero_grad(set_to_none=True)
