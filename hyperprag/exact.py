@@ -9,7 +9,6 @@ fixed 3000-token padding; a batch runs as forward passes of similar length inste
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from .data import Passage
 from .encoder import DocumentEncoder
 from .errors import HyperpragError
 from .inject import lora_hooks
-from .models import find_ffn_targets, model_id
+from .models import find_ffn_targets, head_logits, model_id
 from .prompts import build_prompt
 
 ENCODER_VERSION = "1"
@@ -89,7 +88,6 @@ class ExactEncoder(DocumentEncoder):
         self.chunk_size = self.augmenter.config.batch_size
         self.base_model = model_id(model)
         self.targets = find_ffn_targets(model)
-        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         for p in model.parameters():
             p.requires_grad_(False)
         gen = torch.Generator().manual_seed(self.lora.init_seed)
@@ -180,23 +178,17 @@ class ExactEncoder(DocumentEncoder):
             label_t[i, : len(lab)] = torch.tensor(lab)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": label_t}
 
-    def _positions(self, labels: torch.Tensor) -> torch.Tensor:
-        """Positions whose next token is a target in some row: only these need logits. A QA pair's
-        prompt needs none, and over a 262k vocabulary the output layer is most of a small model's
-        compute. With ``pad_to`` every position is kept, as the reference code does."""
-        if self.lora.pad_to:
-            return torch.arange(labels.shape[1] - 1, device=labels.device)
-        return (labels[:, 1:] != -100).any(0).nonzero().flatten()
-
     def _summed_loss(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Summed next-token loss over one pass's targets, with logits only where they are needed."""
+        """Summed next-token loss over one pass's targets, with the output layer applied only at
+        positions whose next token is a target: a QA pair's prompt needs none. With ``pad_to``
+        every position gets logits, as the reference code computes them."""
         labels = inputs.pop("labels")
-        keep = self._positions(labels)
-        if self.keeps_logits:
-            logits = self.model(**inputs, logits_to_keep=keep).logits
-        else:
-            logits = self.model(**inputs).logits[:, keep]
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels[:, keep + 1].flatten(),
+        wanted = labels[:, 1:] != -100
+        if self.lora.pad_to:
+            wanted = torch.ones_like(wanted)
+        rows, positions = wanted.nonzero(as_tuple=True)
+        hidden = self.model.base_model(**inputs).last_hidden_state
+        return F.cross_entropy(head_logits(self.model, hidden[rows, positions]), labels[rows, positions + 1],
                                ignore_index=-100, reduction="sum")
 
     def train(self, seqs: list[TrainSequence]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

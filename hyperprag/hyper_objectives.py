@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .data import Passage
+from .models import head_logits
 from .prompts import build_prompt
 
 
@@ -97,9 +98,7 @@ def answer_logits(model, batch: AnswerBatch) -> torch.Tensor:
     device = next(model.parameters()).device
     hidden = model.base_model(input_ids=batch.input_ids.to(device),
                               attention_mask=batch.attention_mask.to(device)).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[batch.rows.to(device), batch.positions.to(device)]).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    return head_logits(model, hidden[batch.rows.to(device), batch.positions.to(device)])
 
 
 def qa_batches(tokenizer, docs: Sequence[Passage], questions: Sequence[str], answers: Sequence[str]):

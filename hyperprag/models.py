@@ -196,3 +196,14 @@ def find_ffn_targets(model: nn.Module) -> list[FFNTarget]:
             fan_in, fan_out = _linear_shape(module)
             targets.append(FFNTarget(f"{prefix}.{idx}.{attr}", idx, role, fan_in, fan_out))
     return targets
+
+
+def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Float logits of the model's output layer on chosen hidden states (and Gemma's soft cap).
+
+    With a 262k vocabulary the output layer is most of a small model's compute, so callers that
+    need logits at a few positions run ``model.base_model`` and apply the head to those alone."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
