@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "directory depends on it)")
     aug.add_argument("--n-rewrites", type=int, default=1, help="rewrites per passage (default 1)")
     aug.add_argument("--n-qa", type=int, default=3, help="QA pairs per passage (default 3)")
+    from .encoders import add_augment_dtype
+    add_augment_dtype(aug)
     aug.add_argument("--quiet", action="store_true", help="no progress bars")
 
     bench = sub.add_parser(
@@ -275,7 +277,7 @@ def cmd_augment(args) -> int:
         docs = docs[state.process_index::state.num_processes]
     model, tokenizer = load_base_model(args.model, device=state.device if state else "cpu")
     augmenter = Augmenter(model, tokenizer, AugmentConfig(n_rewrites=args.n_rewrites, n_qa=args.n_qa,
-                                                          batch_size=args.batch_size))
+                                                          batch_size=args.batch_size, dtype=args.augment_dtype))
     augs = augmenter.augment(docs, progress=not args.quiet and (state is None or state.is_main_process))
     print(f"passages={len(augs)} complete={sum(a.failed is None for a in augs)} "
           f"qa_pairs={sum(len(a.qa) for a in augs)} cache={augmenter.cache}")

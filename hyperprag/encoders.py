@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from .augment import AugmentConfig
+from .augment import GENERATION_DTYPES, AugmentConfig
 from .encoder import DocumentEncoder
 from .exact import RECIPES, ExactEncoder, LoraTrainConfig
 
@@ -31,6 +31,14 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
     a = AugmentConfig()
     g.add_argument("--n-rewrites", type=int, default=a.n_rewrites, help=f"rewrites per document (default {a.n_rewrites})")
     g.add_argument("--n-qa", type=int, default=a.n_qa, help=f"QA pairs per document (default {a.n_qa})")
+    add_augment_dtype(g)
+
+
+def add_augment_dtype(group) -> None:
+    group.add_argument("--augment-dtype", choices=GENERATION_DTYPES, default=AugmentConfig.dtype,
+                       help="the weights' dtype while the model writes rewrites and QA pairs (default float32); "
+                            "bfloat16 writes about twice as fast on a CPU with bf16 support, with somewhat "
+                            "different text, so it has its own cache and store key")
 
 
 def exact_config(args: argparse.Namespace) -> LoraTrainConfig:
@@ -43,7 +51,8 @@ def exact_config(args: argparse.Namespace) -> LoraTrainConfig:
 def build_encoder(name: str, model, tokenizer, args: argparse.Namespace) -> DocumentEncoder:
     if name == "exact":
         lora = exact_config(args)
-        return ExactEncoder(model, tokenizer, lora, AugmentConfig(n_rewrites=args.n_rewrites, n_qa=args.n_qa))
+        return ExactEncoder(model, tokenizer, lora, AugmentConfig(n_rewrites=args.n_rewrites, n_qa=args.n_qa,
+                                                                  dtype=args.augment_dtype))
     if name == "hyper":
         from .hyper_encoder import HyperEncoder
         return HyperEncoder.from_pretrained(args.checkpoint, model, tokenizer)

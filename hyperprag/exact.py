@@ -99,7 +99,7 @@ class ExactEncoder(DocumentEncoder):
 
     @property
     def key(self) -> str:
-        settings = json.dumps([asdict(self.lora), asdict(self.augmenter.config)], sort_keys=True)
+        settings = json.dumps([asdict(self.lora), self.augmenter.config.settings()], sort_keys=True)
         return f"{self.name}-v{self.version}-{content_hash(settings)[:10]}"
 
     def _truncate(self, doc: Passage) -> tuple[Passage, dict[str, str]]:

@@ -187,3 +187,32 @@ def test_converged_recipe_takes_one_full_batch_step_per_epoch(tokenizer, monkeyp
     [ad] = enc.encode([DOC])
     assert len(steps) == 3
     assert _qa_loss(model, tokenizer, enc, ad) < _qa_loss(model, tokenizer, enc) - 0.05
+
+
+def test_augmentation_dtype_keeps_the_keys_written_before_it_and_names_its_own(tmp_path, tokenizer):
+    from hyperprag.exact import RECIPES
+
+    model = tiny_model()
+
+    def key(**aug):
+        augmenter = Augmenter(model, tokenizer, AugmentConfig(**aug), cache=tmp_path / "aug")
+        return ExactEncoder(model, tokenizer, RECIPES["converged"], augmenter=augmenter).key
+
+    # Adapters in stores trained before the dtype option existed (session 14's converged recipe).
+    assert key() == "exact-v1-2680f10f35" and key(n_rewrites=0) == "exact-v1-c72a678c92"
+    assert key(dtype="bfloat16") != key()
+    caches = {Augmenter(model, tokenizer, AugmentConfig(dtype=d)).cache.name for d in ("float32", "bfloat16")}
+    assert len(caches) == 2
+    with pytest.raises(HyperpragError, match="bfloat16"):
+        AugmentConfig(dtype="float16")
+
+
+def test_bf16_augmentation_writes_with_a_copy_and_leaves_the_model_as_loaded(tmp_path, tokenizer):
+    model = tiny_model()
+    aug = Augmenter(model, tokenizer, AugmentConfig(max_retries=0, dtype="bfloat16"), cache=tmp_path)
+    [first] = aug.augment([DOC], progress=False)
+    assert aug.generator.dtype == torch.bfloat16 and aug.generator is not model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    cached = Augmenter(model, tokenizer, AugmentConfig(max_retries=0, dtype="bfloat16"), cache=tmp_path)
+    assert cached.augment([DOC], progress=False) == [first] and cached._generator is None  # no copy made
+    assert Augmenter(model, tokenizer, cache=tmp_path / "f32").generator is model
