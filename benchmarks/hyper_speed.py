@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hyperprag.augment import GENERATION_DTYPES, AugmentConfig
 from hyperprag.bench import BenchSettings, encoder_cost, hyper_cost
 from hyperprag.data import passages_of
 from hyperprag.exact import ExactEncoder
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats, medians (default 3)")
     ap.add_argument("--no-exact", action="store_true", help="time the checkpoints only")
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    ap.add_argument("--augment-dtype", choices=GENERATION_DTYPES, default="float32",
+                    help="the exact encoder's augmentation dtype (default float32, the encoder's default)")
     args = ap.parse_args()
 
     model, tokenizer = load_base_model()
@@ -41,8 +44,9 @@ def main() -> None:
     tokens = [len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs]
     print(f"{len(docs)} documents of {args.data}, {tokens} tokens; torch threads {torch.get_num_threads()}")
     settings = BenchSettings(cost_docs=0 if args.no_exact else args.docs, repeats=args.repeats)
-    exact = {} if args.no_exact else {"exact": ExactEncoder(model, tokenizer)}
-    results = {"documents": tokens, "threads": torch.get_num_threads(), "exact": None, "hyper": {}}
+    exact = {} if args.no_exact else {"exact": ExactEncoder(model, tokenizer, augment=AugmentConfig(dtype=args.augment_dtype))}
+    results = {"documents": tokens, "threads": torch.get_num_threads(), "augment_dtype": args.augment_dtype,
+               "exact": None, "hyper": {}}
     hypers = {str(c): HyperEncoder.from_pretrained(c, model, tokenizer) for c in args.checkpoints}
     # This machine's speed drifts over minutes (shared cores), and the exact encoder takes minutes:
     # the checkpoints are timed before it and after it, and the mean of the two is the figure.

@@ -269,6 +269,7 @@ def encoder_cost(model, tokenizer, encoders: dict[str, DocumentEncoder], passage
         with tempfile.TemporaryDirectory() as cold:
             timed = ExactEncoder(model, tokenizer, exact.lora,
                                  augmenter=Augmenter(model, tokenizer, exact.augmenter.config, cache=Path(cold)))
+            timed.augmenter.generator  # a bfloat16 copy is made once per process, not once per document
             for doc in tqdm(docs, desc="exact encoder cost", unit="doc", disable=not settings.progress):
                 t0 = time.perf_counter()
                 [aug] = timed.augmenter.augment([doc], progress=False)
