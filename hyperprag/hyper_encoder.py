@@ -93,6 +93,9 @@ class HyperEncoder(DocumentEncoder):
                         source: EmbeddingSource | None = None) -> HyperEncoder:
         """Load a checkpoint for ``model``; ``None`` is the shipped default checkpoint."""
         root = Path(ckpt_dir) if ckpt_dir is not None else DEFAULT_CHECKPOINT
+        if not root.exists():
+            raise HyperpragError(f"{root} does not exist (checkpoints retired from checkpoints/ are restored from "
+                                 f"the git history, as checkpoints/README.md says)")
         try:
             config = json.loads((root / "config.json").read_text())
         except FileNotFoundError:

@@ -542,3 +542,12 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
         with pytest.raises(ValueError, match="it needs copy_tokens"):
             HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, reader="attention",
                                                      copy_dim=copy_dim))
+
+
+def test_a_missing_or_incomplete_checkpoint_says_which_and_where_retired_ones_went(tmp_path):
+    from hyperprag.errors import HyperpragError
+
+    with pytest.raises(HyperpragError, match="does not exist .*checkpoints/README.md"):
+        HyperEncoder.from_pretrained(tmp_path / "gone", tiny_model(), source=HashSource())
+    with pytest.raises(HyperpragError, match="not a hypernetwork checkpoint"):
+        HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=HashSource())
