@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats, medians (default 3)")
     ap.add_argument("--no-exact", action="store_true", help="time the checkpoints only")
     ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
-    ap.add_argument("--augment-dtype", choices=GENERATION_DTYPES, default="float32",
+    ap.add_argument("--augment-dtype", choices=GENERATION_DTYPES, default=AugmentConfig.dtype,
                     help="the exact encoder's augmentation dtype (default float32, the encoder's default)")
     args = ap.parse_args()
 

@@ -82,8 +82,9 @@ class AugmentConfig:
     batch_size: int = 8          # generation is bound by reading the weights: rows are nearly free
     seed: int = 0
     # The weights' dtype while generating. bfloat16 halves the bytes read per token, which is what
-    # bounds generation here (1.8-2.4x faster on this CPU, benchmarks/exact.md), at the price of
-    # somewhat different greedy text; the LoRA still trains on the model as loaded.
+    # bounds generation here (on this CPU 1.65x faster one document at a time, 2.1x at a batch of
+    # 8; benchmarks/exact.md), at the price of somewhat different greedy text; the LoRA still
+    # trains on the model as loaded.
     dtype: str = "float32"
 
     def __post_init__(self):
