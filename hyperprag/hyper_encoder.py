@@ -23,6 +23,7 @@ from .hypernet import HyperNetConfig, HyperNetwork
 from .models import FFNTarget, find_ffn_targets, model_id
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "gemma-3-270m-token-seq-r128-tied-gpu"
+RETIRED = "checkpoints retired from checkpoints/ are restored from the git history, as checkpoints/README.md says"
 
 
 class HyperEncoder(DocumentEncoder):
@@ -94,8 +95,7 @@ class HyperEncoder(DocumentEncoder):
         """Load a checkpoint for ``model``; ``None`` is the shipped default checkpoint."""
         root = Path(ckpt_dir) if ckpt_dir is not None else DEFAULT_CHECKPOINT
         if not root.exists():
-            raise HyperpragError(f"{root} does not exist (checkpoints retired from checkpoints/ are restored from "
-                                 f"the git history, as checkpoints/README.md says)")
+            raise HyperpragError(f"{root} does not exist ({RETIRED})")
         try:
             config = json.loads((root / "config.json").read_text())
         except FileNotFoundError:

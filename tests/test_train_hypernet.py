@@ -271,6 +271,7 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     ("passages: [x.jsonl]\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
     ("weights: {lm: 1.0, doc: 1.0}\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
     ("retrieved: [x.jsonl]\n", "the retrieved objective (weights.retrieved) trains on retrieved_per_step questions"),
+    ("init_from: checkpoints/gone\n", "init_from checkpoints/gone does not exist"),
 ])
 def test_bad_configs_are_refused_before_loading_anything(tmp_path, config_text, message):
     config = tmp_path / "cfg.yaml"

@@ -66,7 +66,7 @@ from hyperprag.adapter import content_hash
 from hyperprag.augment import read_cached
 from hyperprag.data import Passage, load_questions, passages_of
 from hyperprag.embeddings import build_source
-from hyperprag.hyper_encoder import HyperEncoder
+from hyperprag.hyper_encoder import RETIRED, HyperEncoder
 from hyperprag.hyper_objectives import (answer_batch, answer_logits, delta_distance, distill_loss, lm_loss, passage_batch,
                                         qa_batches, stacked_factors)
 from hyperprag.inject import lora_hooks
@@ -114,6 +114,8 @@ def load_config(path: str, overrides: list[str]) -> dict:
     if bool(cfg["retrieved"] or cfg["retrieved_per_step"]) != bool(cfg["weights"].get("retrieved")):
         sys.exit(f"{path}: the retrieved objective (weights.retrieved) trains on retrieved_per_step questions of "
                  f"the retrieved files a step: give all three, or none")
+    if cfg["init_from"] and not Path(cfg["init_from"]).is_dir():
+        sys.exit(f"{path}: init_from {cfg['init_from']} does not exist ({RETIRED})")
     if cfg["center"] and cfg["docs_per_step"] < 2:
         sys.exit(f"{path}: center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
     return cfg
