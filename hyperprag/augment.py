@@ -73,6 +73,9 @@ def parse_qa(completion: str, doc_text: str, max_answer_words: int = 12) -> list
     return pairs
 
 
+GENERATION_DTYPES = ("float32", "bfloat16")
+
+
 @dataclass
 class AugmentConfig:
     n_rewrites: int = 1
@@ -98,9 +101,6 @@ class AugmentConfig:
         if fields["dtype"] == "float32":
             del fields["dtype"]
         return fields
-
-
-GENERATION_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
