@@ -280,3 +280,16 @@ def test_bad_configs_are_refused_before_loading_anything(tmp_path, config_text, 
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"{config}: {message}" in proc.stderr
+
+
+def test_augment_cache_may_be_given_under_home(tmp_path, monkeypatch):
+    """`hyperprag augment` prints its cache under ~/.cache, so a config can name it portably."""
+    import importlib.util
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "cache").mkdir()
+    config = tmp_path / "cfg.yaml"
+    config.write_text("augmented: [x.jsonl]\naugment_cache: ~/cache\n")
+    spec = importlib.util.spec_from_file_location("train_hypernet", ROOT / "training" / "train_hypernet.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.load_config(str(config), [])["augment_cache"] == str(tmp_path / "cache")

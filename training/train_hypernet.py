@@ -106,6 +106,8 @@ def load_config(path: str, overrides: list[str]) -> dict:
         sys.exit(f"{path}: max_minutes must be a positive number of minutes (or null: no time limit)")
     if not cfg["first_token_weight"] > 0:
         sys.exit(f"{path}: first_token_weight must be positive (1: every answer token counts the same)")
+    if cfg["augment_cache"]:  # `hyperprag augment` prints it under ~/.cache; a config may say ~
+        cfg["augment_cache"] = str(Path(cfg["augment_cache"]).expanduser())
     if cfg["augmented"] and not (cfg["augment_cache"] and Path(cfg["augment_cache"]).is_dir()):
         sys.exit(f"{path}: augmented files need augment_cache, the directory `hyperprag augment` printed")
     if bool(cfg["passages"] or cfg["passages_per_step"]) != bool(cfg["weights"].get("doc")):
