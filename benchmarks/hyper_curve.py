@@ -64,14 +64,26 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
     """(step, dir) in training order; ``final`` carries the run's last step. A checkpoint directory
     itself (the shipped one) is one snapshot, at the last step of its training log."""
     if (run / "model.safetensors").exists():
-        log = run / "training_log.jsonl"
-        return [(json.loads(log.read_text().splitlines()[-1])["step"] if log.exists() else 0, run)]
+        log, state = run / "training_log.jsonl", run.parent / "state" / "step.json"  # shipped; a run's final/
+        step = (json.loads(log.read_text().splitlines()[-1])["step"] if log.exists()
+                else json.loads(state.read_text())["step"] if state.exists() else 0)
+        return [(step, run)]
     found = [(int(m.group(1)), p) for p in run.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))]
     final = run / "final"
     if (final / "model.safetensors").exists():
         last = json.loads((run / "state" / "step.json").read_text())["step"]
         found.append((last, final))
     return sorted(found)
+
+
+def heldout_file(run: Path) -> Path:
+    """The held-out paragraphs' hashes: a shipped checkpoint carries them, a run's snapshots
+    (``final/``, ``step-N/``) find them in the run's directory above."""
+    for d in (run, run.parent):
+        if (d / "heldout_hashes.json").exists():
+            return d / "heldout_hashes.json"
+    sys.exit(f"{run}: no heldout_hashes.json here or in {run.parent}, so the evaluation paragraphs "
+             f"cannot be checked to be held out")
 
 
 def main() -> None:
@@ -93,7 +105,7 @@ def main() -> None:
 
     model, tokenizer = load_base_model(None, device=args.device)
     examples = spread_questions(load_questions(DATA), 100, 5)
-    held = set(json.loads((args.run / "heldout_hashes.json").read_text()))
+    held = set(json.loads(heldout_file(args.run).read_text()))
     doc_hashes = [content_hash(ex.passages[0].text) for ex in examples]
     leaked = set(doc_hashes) - held
     if leaked:

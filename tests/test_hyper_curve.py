@@ -1,0 +1,47 @@
+"""benchmarks/hyper_curve.py: which snapshots a run or a checkpoint gives, and where their held-out list is."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from hyper_curve import heldout_file, snapshots  # noqa: E402
+
+
+def make_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    for d in ("step-200", "step-400", "final"):
+        (run / d).mkdir(parents=True)
+        (run / d / "model.safetensors").write_bytes(b"")
+    (run / "state").mkdir()
+    (run / "state" / "step.json").write_text(json.dumps({"step": 607}))
+    (run / "heldout_hashes.json").write_text("[]")
+    return run
+
+
+def test_a_run_gives_its_snapshots_in_order_and_final_at_its_last_step(tmp_path):
+    run = make_run(tmp_path)
+    assert snapshots(run) == [(200, run / "step-200"), (400, run / "step-400"), (607, run / "final")]
+
+
+def test_a_runs_final_alone_is_one_snapshot_with_the_runs_held_out_list(tmp_path):
+    run = make_run(tmp_path)
+    assert snapshots(run / "final") == [(607, run / "final")]
+    assert heldout_file(run / "final") == run / "heldout_hashes.json"
+
+
+def test_a_shipped_checkpoint_carries_its_own_step_and_held_out_list(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"")
+    (ckpt / "training_log.jsonl").write_text(json.dumps({"step": 5}) + "\n" + json.dumps({"step": 489}) + "\n")
+    (ckpt / "heldout_hashes.json").write_text("[]")
+    assert snapshots(ckpt) == [(489, ckpt)]
+    assert heldout_file(ckpt) == ckpt / "heldout_hashes.json"
+
+
+def test_no_held_out_list_is_a_one_line_exit(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(SystemExit, match="no heldout_hashes.json here or in"):
+        heldout_file(tmp_path / "ckpt")
