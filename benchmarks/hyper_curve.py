@@ -17,7 +17,9 @@ on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never train
   many of the 20 does the own adapter beat the other's?
 - with ``--f1``, greedy F1 via ``hyperprag bench --modes closed hyper`` (as in hyper_ablation.py);
 - with ``--exact-store``, the same losses for the trained (exact, reference recipe) adapters of
-  those paragraphs: the yardstick in nats.
+  those paragraphs: the yardstick in nats;
+- with ``--against CURVE:ROW``, each row's own-adapter loss minus another curve's row, question by
+  question with a paired bootstrap interval: two runs' means a few hundredths apart are often noise.
 
     .venv/bin/python benchmarks/hyper_curve.py runs/squad_minilm_long [--f1 [STEP ...]] [--exact-store out/exact-store]
 """
@@ -47,13 +49,14 @@ from hyperprag.diagnostics import (
 from hyperprag.exact import ExactEncoder
 from hyperprag.hyper_encoder import HyperEncoder
 from hyperprag.merge import merge_adapters
+from hyperprag.metrics import paired_bootstrap
 from hyperprag.models import load_base_model, model_id
 from hyperprag.store import AdapterStore
 
 DATA = "../shared/data/squad.jsonl"
 # A row of the curve.
 MEASURES = ("own", "wrong", "merged3", "merged3_mean", "cosine", "doc_own", "doc_wrong", "doc_wins",
-            "first_own", "first_wrong")
+            "first_own", "first_wrong", "own_by_question")
 
 
 def complete(row: dict) -> bool:
@@ -93,6 +96,9 @@ def main() -> None:
                     help="also run the bench (greedy F1, ~5 min a snapshot) at these steps (none given: all)")
     ap.add_argument("--exact-store", type=Path, default=None,
                     help="a store holding exact adapters (default recipe) of the 20 paragraphs: adds a reference row")
+    ap.add_argument("--against", default=None, metavar="CURVE:ROW",
+                    help="another run's curve.json and one of its rows (e.g. out/curve/v7/curve.json:final@489): "
+                         "each row's own-adapter loss minus that row's, paired by question")
     ap.add_argument("--out", type=Path, default=None, help="default: out/curve/RUN_NAME")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="where the base model runs (default: cuda when there is one)")
@@ -134,6 +140,8 @@ def main() -> None:
                     "merged3": lambda: answer_loss(model, tokenizer, examples, [merge_adapters(s) for s in sets]),
                     "merged3_mean": lambda: answer_loss(model, tokenizer, examples,
                                                         [merge_adapters(s, "mean") for s in sets]),
+                    "own_by_question": lambda: {ex.id: answer_loss(model, tokenizer, [ex], [a])
+                                                for ex, a in zip(examples, own)},
                     "first_own": lambda: first_word(model, tokenizer, examples, own),
                     "first_wrong": lambda: first_word(model, tokenizer, examples, wrong_document(own)),
                     "cosine": lambda: mean_pairwise_cosine(by_doc),
@@ -185,6 +193,25 @@ def main() -> None:
               f"| {r['merged3']:.4f} | {none - r['merged3']:+.4f} | {none - r['merged3_mean']:+.4f} | {r['cosine']:.3f} "
               f"| {doc_none - r['doc_own']:+.4f} | {doc_none - r['doc_wrong']:+.4f} | {wins} | {f1_cells} |")
     print_first_word(rows, keys)
+    if args.against:
+        print_against(rows, keys, args.against)
+
+
+def print_against(rows: dict, keys: list[str], against: str) -> None:
+    """Own-adapter answer loss minus another curve's row, paired question by question (negative:
+    this row is better), with a 95% bootstrap interval."""
+    path, _, key = against.rpartition(":")
+    other = json.loads(Path(path).read_text()).get(key, {}).get("own_by_question") if Path(path).is_file() else None
+    if other is None:
+        sys.exit(f"--against {against}: no row {key!r} with per-question losses in {path} (run this script on it first)")
+    print(f"\nOwn-adapter answer loss minus {against} ({sum(other.values()) / len(other):.4f}), paired by question:")
+    print("| step | loss own | difference [95% CI] |\n|---|---|---|")
+    for k in keys:
+        mine = rows[k]["own_by_question"]
+        if set(mine) != set(other):
+            sys.exit(f"--against {against}: the curves score different questions")
+        mean, lo, hi = paired_bootstrap([mine[i] for i in sorted(mine)], [other[i] for i in sorted(mine)])
+        print(f"| {rows[k]['step']} | {sum(mine.values()) / len(mine):.4f} | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |")
 
 
 def print_first_word(rows: dict, keys: list[str]) -> None:

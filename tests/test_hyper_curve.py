@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from hyper_curve import heldout_file, snapshots  # noqa: E402
+from hyper_curve import heldout_file, print_against, snapshots  # noqa: E402
 
 
 def make_run(tmp_path: Path) -> Path:
@@ -45,3 +45,18 @@ def test_no_held_out_list_is_a_one_line_exit(tmp_path):
     (tmp_path / "ckpt").mkdir()
     with pytest.raises(SystemExit, match="no heldout_hashes.json here or in"):
         heldout_file(tmp_path / "ckpt")
+
+
+def test_against_pairs_each_question_with_the_other_curves_row(tmp_path, capsys):
+    other = tmp_path / "curve.json"
+    other.write_text(json.dumps({"final@489": {"step": 489, "own_by_question": {"a": 2.0, "b": 1.0, "c": 3.0}}}))
+    rows = {"final@607": {"step": 607, "own_by_question": {"a": 1.5, "b": 0.5, "c": 2.5}}}
+    print_against(rows, ["final@607"], f"{other}:final@489")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "| 607 | 1.5000 | -0.5000 [-0.5000, -0.5000] |"   # every question 0.5 nats better
+
+    rows["final@607"]["own_by_question"] = {"a": 1.5, "b": 0.5, "d": 2.5}
+    with pytest.raises(SystemExit, match="different questions"):
+        print_against(rows, ["final@607"], f"{other}:final@489")
+    with pytest.raises(SystemExit, match="no row 'step-1'"):
+        print_against(rows, ["final@607"], f"{other}:step-1")
