@@ -135,13 +135,14 @@ def main() -> None:
         summed and averaged with two others'; the delta cosine."""
         sets = [[o, *d] for o, d in zip(own, distractors(own, 2))]
         by_doc = list({a.doc_hash: a for a in own}.values())  # in the order of docs
-        measures = {"own": lambda: answer_loss(model, tokenizer, examples, own),
+        # Each question's loss first: the mean over questions is "own" (answer_loss's own mean).
+        measures = {"own_by_question": lambda: {ex.id: answer_loss(model, tokenizer, [ex], [a])
+                                                for ex, a in zip(examples, own)},
+                    "own": lambda: sum(row["own_by_question"].values()) / len(row["own_by_question"]),
                     "wrong": lambda: answer_loss(model, tokenizer, examples, wrong_document(own)),
                     "merged3": lambda: answer_loss(model, tokenizer, examples, [merge_adapters(s) for s in sets]),
                     "merged3_mean": lambda: answer_loss(model, tokenizer, examples,
                                                         [merge_adapters(s, "mean") for s in sets]),
-                    "own_by_question": lambda: {ex.id: answer_loss(model, tokenizer, [ex], [a])
-                                                for ex, a in zip(examples, own)},
                     "first_own": lambda: first_word(model, tokenizer, examples, own),
                     "first_wrong": lambda: first_word(model, tokenizer, examples, wrong_document(own)),
                     "cosine": lambda: mean_pairwise_cosine(by_doc),
