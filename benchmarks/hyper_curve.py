@@ -212,7 +212,7 @@ def print_against(rows: dict, keys: list[str], against: str) -> None:
         if set(mine) != set(other):
             sys.exit(f"--against {against}: the curves score different questions")
         mean, lo, hi = paired_bootstrap([mine[i] for i in sorted(mine)], [other[i] for i in sorted(mine)])
-        print(f"| {rows[k]['step']} | {sum(mine.values()) / len(mine):.4f} | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |")
+        print(f"| {rows[k]['step']} | {rows[k]['own']:.4f} | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |")
 
 
 def print_first_word(rows: dict, keys: list[str]) -> None:
