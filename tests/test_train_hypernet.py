@@ -284,12 +284,34 @@ def test_bad_configs_are_refused_before_loading_anything(tmp_path, config_text, 
 
 def test_augment_cache_may_be_given_under_home(tmp_path, monkeypatch):
     """`hyperprag augment` prints its cache under ~/.cache, so a config can name it portably."""
-    import importlib.util
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "cache").mkdir()
     config = tmp_path / "cfg.yaml"
     config.write_text("augmented: [x.jsonl]\naugment_cache: ~/cache\n")
+    assert _script().load_config(str(config), [])["augment_cache"] == str(tmp_path / "cache")
+
+
+def _script():
+    import importlib.util
     spec = importlib.util.spec_from_file_location("train_hypernet", ROOT / "training" / "train_hypernet.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.load_config(str(config), [])["augment_cache"] == str(tmp_path / "cache")
+    return script
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads lr: 3e-5 as a string, which crashed the cosine schedule with a TypeError."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text("lr: 1e-4\nweights: {lm: 1.0, kl: 5e-2}\n")
+    cfg = _script().load_config(str(config), ["warmup=2E+1"])
+    assert cfg["lr"] == 1e-4 and cfg["weights"]["kl"] == 0.05 and cfg["warmup"] == 20.0
+    assert _script().load_config(str(config), ["lr=3e-5", "out=runs/1e-5x"])["out"] == "runs/1e-5x"
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("lr: 1e-4\nweights: {lm: 1.0\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "training" / "train_hypernet.py"), str(config)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"{config}:3: not valid YAML" in proc.stderr

@@ -52,6 +52,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -90,12 +91,28 @@ DEFAULTS = {
 }
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-5`` (no dot) as a string; in a config, as in Python, it is a number."""
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                    list("-+0123456789."))
+
+
+def _yaml(text: str, where: str):
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        sys.exit(f"{where}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({getattr(err, 'problem', None) or err})")
+
+
 def load_config(path: str, overrides: list[str]) -> dict:
     cfg = json.loads(json.dumps(DEFAULTS))
-    cfg.update(yaml.safe_load(Path(path).read_text()) or {})
+    cfg.update(_yaml(Path(path).read_text(), path) or {})
     for item in overrides:  # key=value, YAML-typed
         key, _, value = item.partition("=")
-        cfg[key] = yaml.safe_load(value)
+        cfg[key] = _yaml(value, f"override {item}")
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         sys.exit(f"{path}: unknown config keys {sorted(unknown)}")
