@@ -113,6 +113,7 @@ def test_augmented_passages_train_with_their_generated_questions_less_the_evalua
     assert len(log) == 2
     stdout = (tmp_path / "stdout.txt").read_text()
     assert "augmented: 1 passages with generated QA pairs" in stdout and "documents: 5 train" in stdout
+    assert json.loads((tmp_path / "run" / "augmented_hashes.json").read_text()) == [content_hash(other[1][1])]
 
 
 def test_doc_objective_trains_on_question_free_passages(tmp_path, setup):

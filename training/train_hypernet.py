@@ -337,6 +337,8 @@ def main() -> None:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "heldout_hashes.json").write_text(json.dumps([content_hash(d.text) for d, _ in heldout]))
+        if cfg["augmented"]:  # the cache grows while `hyperprag augment` runs: record what this run saw
+            (out / "augmented_hashes.json").write_text(json.dumps([content_hash(d.text) for d, _ in extra]))
     hypernet.train()
     bar = tqdm(total=cfg["steps"], initial=step, desc="train hypernet", disable=not accelerator.is_main_process)
     t_start = time.time()
