@@ -22,7 +22,7 @@ from .errors import HyperpragError
 from .hypernet import HyperNetConfig, HyperNetwork
 from .models import FFNTarget, find_ffn_targets, model_id
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "gemma-3-270m-token-seq-r128-tied-gpu"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "gemma-3-270m-token-seq-r128-tied-aug"
 RETIRED = "checkpoints retired from checkpoints/ are restored from the git history, as checkpoints/README.md says"
 
 
