@@ -283,6 +283,14 @@ def test_bad_configs_are_refused_before_loading_anything(tmp_path, config_text, 
     assert f"{config}: {message}" in proc.stderr
 
 
+def _script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_hypernet", ROOT / "training" / "train_hypernet.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def test_augment_cache_may_be_given_under_home(tmp_path, monkeypatch):
     """`hyperprag augment` prints its cache under ~/.cache, so a config can name it portably."""
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -290,14 +298,6 @@ def test_augment_cache_may_be_given_under_home(tmp_path, monkeypatch):
     config = tmp_path / "cfg.yaml"
     config.write_text("augmented: [x.jsonl]\naugment_cache: ~/cache\n")
     assert _script().load_config(str(config), [])["augment_cache"] == str(tmp_path / "cache")
-
-
-def _script():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("train_hypernet", ROOT / "training" / "train_hypernet.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 def test_exponent_without_a_dot_is_a_number(tmp_path):
