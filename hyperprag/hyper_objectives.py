@@ -125,6 +125,15 @@ def lm_loss(student_logits: torch.Tensor, batch: AnswerBatch, first_weight: floa
     return (F.cross_entropy(student_logits, targets, reduction="none") * weights).sum() / weights.sum()
 
 
+def answer_losses(student_logits: torch.Tensor, batch: AnswerBatch) -> torch.Tensor:
+    """(n_answers,) mean cross-entropy per answer: what a per-question comparison needs, where a
+    batch mean would let the easy answers hide the ones a wrong adapter answers as well."""
+    ce = F.cross_entropy(student_logits, batch.targets.to(student_logits.device), reduction="none")
+    rows = batch.rows.to(ce.device)
+    n = int(rows.max()) + 1
+    return ce.new_zeros(n).index_add(0, rows, ce) / torch.bincount(rows, minlength=n).to(ce.dtype)
+
+
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(teacher || student) per answer token, averaged."""
     t = F.log_softmax(teacher_logits / temperature, dim=-1)

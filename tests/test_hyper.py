@@ -192,6 +192,20 @@ def test_stacked_factors_give_the_merged_sum_of_each_sets_adapters():
                 assert torch.allclose(s * b[row] @ a[row], merged.delta(t.name), atol=1e-6)
 
 
+def test_answer_losses_are_each_answers_own_mean(tokenizer):
+    from hyperprag.hyper_objectives import answer_batch, answer_losses, lm_loss
+
+    batch = answer_batch(tokenizer, ["Q: one?", "Q: two, longer?", "Q: three?"], ["a", "bb cc dd", "e f"])
+    logits = torch.randn(len(batch.targets), len(tokenizer), generator=torch.Generator().manual_seed(0))
+    ce = torch.nn.functional.cross_entropy(logits, batch.targets, reduction="none")
+    per = answer_losses(logits, batch)
+    assert per.shape == (3,)
+    for i in range(3):
+        assert torch.allclose(per[i], ce[batch.rows == i].mean())
+    counts = torch.bincount(batch.rows).float()
+    assert torch.allclose((per * counts).sum() / counts.sum(), lm_loss(logits, batch))  # the batch mean, re-weighted
+
+
 def test_generated_adapters_are_averaged_by_default_and_trained_ones_summed(tmp_path):
     from hyperprag.evaluate import merged_adapters
     from hyperprag.exact import ExactEncoder

@@ -148,13 +148,15 @@ def test_retrieved_objective_answers_multi_passage_questions_with_their_merged_t
     multi = tmp_path / "multi.jsonl"
     multi.write_text("\n".join(json.dumps({"question": q, "answers": [a], "passages": [p[t] for t in ts]})
                                for q, a, ts in rows))
-    log = launch(tmp_path, model_dir, data, 1, steps=20, out="run", weights="{lm: 1.0, retrieved: 1.0}",
+    log = launch(tmp_path, model_dir, data, 1, steps=20, out="run",
+                 weights="{lm: 1.0, retrieved: 1.0, retrieved_contrast: 1.0}",
                  extra=f"retrieved: [{multi}]\nretrieved_per_step: 2\ntop_k: 2\nskip_first_questions: 1\n"
                        "first_token_weight: 3.0\n")
     assert "retrieved: 2 questions with their top 2 passages" in (tmp_path / "stdout.txt").read_text()
     first, last = (sum(r["retrieved"] for r in part) / 3 for part in (log[:3], log[-3:]))
     assert last < first * 0.9, (first, last)
     assert all("retrieved_no_adapter_this_step" in r for r in log)
+    assert all(0.0 <= r["retrieved_contrast"] for r in log) and log[0]["retrieved_contrast"] > 0  # the margin is unmet at first
 
 
 def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_path, setup):
@@ -273,6 +275,8 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     ("weights: {lm: 1.0, doc: 1.0}\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
     ("retrieved: [x.jsonl]\n", "the retrieved objective (weights.retrieved) trains on retrieved_per_step questions"),
     ("init_from: checkpoints/gone\n", "init_from checkpoints/gone does not exist"),
+    ("retrieved: [x.jsonl]\nretrieved_per_step: 1\nweights: {lm: 1.0, retrieved: 1.0, retrieved_contrast: 1.0}\n",
+     "retrieved_contrast answers each retrieved question with another's passages"),
 ])
 def test_bad_configs_are_refused_before_loading_anything(tmp_path, config_text, message):
     config = tmp_path / "cfg.yaml"

@@ -20,7 +20,10 @@ question's own document's adapter must beat another's) and ``retrieved`` (the an
 ``retrieved`` files' questions, ``retrieved_per_step`` a step, each answered with the merged
 generated adapters of its top ``top_k`` passages by BM25 among its own candidates: what the
 benchmark does on HotpotQA and PopQA, multi-passage questions included; questions whose top
-passages belong to the first ``skip_first_questions`` questions are left out).
+passages belong to the first ``skip_first_questions`` questions are left out) and
+``retrieved_contrast`` (each of those questions must be answered better, by ``contrast_margin``
+nats, with its own top passages' adapters than with another question's: a generated adapter that
+teaches an answer's form, yes/no or one of two names, whatever the passage, gains nothing there).
 ``embedding`` picks the document embedding: ``token-seq`` (one vector per token, looked up for
 each batch) gives the hypernetwork its attention reader, ``copy_tokens`` its copy path, and
 ``context_kernel`` a window of neighbouring tokens mixed into each token before it is read;
@@ -68,8 +71,8 @@ from hyperprag.augment import read_cached
 from hyperprag.data import Passage, load_questions, passages_of
 from hyperprag.embeddings import build_source
 from hyperprag.hyper_encoder import RETIRED, HyperEncoder
-from hyperprag.hyper_objectives import (answer_batch, answer_logits, delta_distance, distill_loss, lm_loss, passage_batch,
-                                        qa_batches, stacked_factors)
+from hyperprag.hyper_objectives import (answer_batch, answer_logits, answer_losses, delta_distance, distill_loss, lm_loss,
+                                        passage_batch, qa_batches, stacked_factors)
 from hyperprag.inject import lora_hooks
 from hyperprag.models import load_base_model
 from hyperprag.prompts import build_prompt
@@ -133,6 +136,9 @@ def load_config(path: str, overrides: list[str]) -> dict:
     if bool(cfg["retrieved"] or cfg["retrieved_per_step"]) != bool(cfg["weights"].get("retrieved")):
         sys.exit(f"{path}: the retrieved objective (weights.retrieved) trains on retrieved_per_step questions of "
                  f"the retrieved files a step: give all three, or none")
+    if cfg["weights"].get("retrieved_contrast") and not (cfg["weights"].get("retrieved") and cfg["retrieved_per_step"] >= 2):
+        sys.exit(f"{path}: retrieved_contrast answers each retrieved question with another's passages: it needs the "
+                 f"retrieved objective and retrieved_per_step >= 2")
     if cfg["init_from"] and not Path(cfg["init_from"]).is_dir():
         sys.exit(f"{path}: init_from {cfg['init_from']} does not exist ({RETIRED})")
     if cfg["center"] and cfg["docs_per_step"] < 2:
@@ -387,8 +393,16 @@ def main() -> None:
         if picked:
             scored["retrieved"] = answer_batch(tokenizer, [build_prompt(q) for _, q, _ in picked], [a for *_, a in picked])
             with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets, HyperEncoder.merge), scaling=scaling):
-                losses["retrieved"] = lm_loss(answer_logits(model, scored["retrieved"]), scored["retrieved"],
-                                              cfg["first_token_weight"])
+                r_logits = answer_logits(model, scored["retrieved"])
+            losses["retrieved"] = lm_loss(r_logits, scored["retrieved"], cfg["first_token_weight"])
+            if weights.get("retrieved_contrast") and len(picked) > 1:
+                # Each question's wrong set is the next question's: passages of the same files, so
+                # an answer form every passage of a file teaches cannot win the margin.
+                with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets.roll(1, 0), HyperEncoder.merge),
+                                scaling=scaling):
+                    wrong = answer_losses(answer_logits(model, scored["retrieved"]), scored["retrieved"])
+                own = answer_losses(r_logits, scored["retrieved"])
+                losses["retrieved_contrast"] = torch.relu(cfg["contrast_margin"] + own - wrong).mean()
         if weights.get("kl"):
             with torch.no_grad():
                 t_logits = answer_logits(model, teacher)
