@@ -396,8 +396,8 @@ def main() -> None:
                 r_logits = answer_logits(model, scored["retrieved"])
             losses["retrieved"] = lm_loss(r_logits, scored["retrieved"], cfg["first_token_weight"])
             if weights.get("retrieved_contrast") and len(picked) > 1:
-                # Each question's wrong set is the next question's: passages of the same files, so
-                # an answer form every passage of a file teaches cannot win the margin.
+                # Each question's wrong set is the next drawn question's passages: an answer form
+                # that any passage teaches (yes/no on 2Wiki) cannot win the margin.
                 with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets.roll(1, 0), HyperEncoder.merge),
                                 scaling=scaling):
                     wrong = answer_losses(answer_logits(model, scored["retrieved"]), scored["retrieved"])
