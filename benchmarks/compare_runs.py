@@ -7,7 +7,8 @@ effect; pairing each question's F1 with its own F1 in the other run removes the 
         out/squad_converged10/results.json:prag out/bench_tied/results.json:hyper
 
 Each later run is compared against the first: its mean F1, and its difference from the first's
-with a 95% interval.
+with a 95% interval. A run's ``work`` directory stands for its results.json where the mode is
+only in the answer files, as the wrong-document ablation is (``out/wiki/work:hyper-wrongdoc``).
 """
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import argparse
 import json
 from pathlib import Path
 
+from answer_kinds import answers
 from hyperprag.metrics import paired_bootstrap
 
 
 def per_question_f1(results: Path, dataset: str, mode: str) -> dict[str, float]:
-    """F1 by question id for one mode of one dataset of a bench results.json."""
+    """F1 by question id for one mode of one dataset of a bench results.json or work directory."""
+    if results.is_dir():
+        return {i: row["f1"] for i, row in answers(results, dataset, mode).items()}
     data = json.loads(results.read_text())["datasets"]
     if dataset not in data:
         raise SystemExit(f"{results}: no dataset {dataset!r} (has {', '.join(data)})")
@@ -40,7 +44,8 @@ def compare(base: dict[str, float], other: dict[str, float]) -> tuple[float, flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", help="dataset name in the results (the question file's stem, e.g. squad)")
-    ap.add_argument("runs", nargs="+", metavar="RESULTS:MODE", help="a bench results.json and one of its modes")
+    ap.add_argument("runs", nargs="+", metavar="RESULTS:MODE",
+                    help="a bench results.json (or its work directory) and one of its modes")
     args = ap.parse_args()
     if len(args.runs) < 2:
         ap.error("give at least two RESULTS:MODE to compare")

@@ -29,3 +29,15 @@ def test_runs_on_different_questions_or_missing_modes_are_refused(tmp_path):
         compare(a, b)
     with pytest.raises(SystemExit, match="no mode 'hyper'"):
         per_question_f1(tmp_path / "a.json", "squad", "hyper")
+
+
+def test_a_work_directory_gives_the_modes_only_its_answer_files_hold(tmp_path):
+    """The wrong-document ablation is not in results.json's predictions, only in work/."""
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = [{"id": "q1", "f1": 0.25}, {"id": "q2", "f1": 1.0}]
+    (work / "answers-squad-hyper-wrongdoc-0123456789ab.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    (work / "answers-squad-hyper-0123456789ab.jsonl").write_text(json.dumps({"id": "q1", "f1": 0.0}))
+    assert per_question_f1(work, "squad", "hyper-wrongdoc") == {"q1": 0.25, "q2": 1.0}
+    with pytest.raises(SystemExit, match="expected one answer file"):
+        per_question_f1(work, "squad", "prag")
