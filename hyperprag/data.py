@@ -132,31 +132,26 @@ def _load_json(path: Path) -> object:
         raise DataError(path, err.lineno, f"invalid JSON: {err.msg} at column {err.colno}") from None
 
 
-def read_squad_json(path: str | Path) -> list[QAExample]:
-    """Native SQuAD v1.1 JSON: one example per question, its paragraph as the only passage."""
-    return _parse_squad(_load_json(Path(path)), Path(path))
-
-
 def _parse_squad(root: object, path: Path) -> list[QAExample]:
     if not isinstance(root, dict) or not isinstance(root.get("data"), list):
         raise DataError(path, None, "not SQuAD JSON: expected an object with a 'data' list")
     examples = []
-    for article in root["data"]:
-        title = article.get("title", "")
-        for p_idx, para in enumerate(article.get("paragraphs", [])):
-            passage = Passage(title=title.replace("_", " "), text=para["context"])
-            for qa in para.get("qas", []):
-                answers = [a["text"] for a in qa.get("answers", [])]
-                if not answers:
-                    raise DataError(path, None, f"question {qa.get('id')} has no answers")
-                examples.append(QAExample(id=qa["id"], question=qa["question"], answers=answers,
-                                          passages=[passage], doc_id=f"{title}#{p_idx}", dataset="squad"))
+    for a_idx, article in enumerate(root["data"]):
+        try:
+            title = article.get("title", "")
+            for p_idx, para in enumerate(article.get("paragraphs", [])):
+                passage = Passage(title=title.replace("_", " "), text=para["context"])
+                for qa in para.get("qas", []):
+                    answers = [a["text"] for a in qa.get("answers", [])]
+                    if not answers:
+                        raise DataError(path, None, f"question {qa.get('id')} has no answers")
+                    examples.append(QAExample(id=qa["id"], question=qa["question"], answers=answers,
+                                              passages=[passage], doc_id=f"{title}#{p_idx}", dataset="squad"))
+        except (KeyError, TypeError, AttributeError) as err:
+            raise DataError(path, None, f"article {a_idx} is malformed: {err!r}") from None
+    if not examples:
+        raise DataError(path, None, "no questions in file")
     return examples
-
-
-def read_hotpot_json(path: str | Path) -> list[QAExample]:
-    """Native HotpotQA JSON (distractor or fullwiki dev): context pairs of title and sentences."""
-    return _parse_hotpot(_load_json(Path(path)), Path(path))
 
 
 def _parse_hotpot(root: object, path: Path) -> list[QAExample]:
@@ -168,8 +163,10 @@ def _parse_hotpot(root: object, path: Path) -> list[QAExample]:
             passages = [Passage(title=t, text="".join(sents)) for t, sents in row["context"]]
             examples.append(QAExample(id=row["_id"], question=row["question"], answers=[row["answer"]],
                                       passages=passages, type=row.get("type"), dataset="hotpotqa"))
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise DataError(path, None, f"question {i} is malformed: {err!r}") from None
+    if not examples:
+        raise DataError(path, None, "no questions in file")
     return examples
 
 
@@ -199,6 +196,17 @@ def spread_questions(examples: Sequence[QAExample], n: int | None, per_doc: int 
     return out
 
 
+def _looks_like_questions(path: Path) -> bool:
+    """Native JSON, or JSONL whose first row has a question and answers."""
+    if path.suffix == ".json":
+        return True
+    try:
+        _, first = next(_iter_json_lines(path))
+    except (DataError, StopIteration):
+        return False
+    return "question" in first and "answers" in first
+
+
 def passages_of(path: str | Path, skip_first: int = 0) -> list[Passage]:
     """A file's distinct passages: a corpus JSONL, or a question file's, less those of its first
     ``skip_first`` questions."""
@@ -207,8 +215,10 @@ def passages_of(path: str | Path, skip_first: int = 0) -> list[Passage]:
     except DataError as corpus_err:  # not a corpus: maybe a question file, whose passages we take
         try:
             examples = load_questions(path)
-        except DataError:
-            raise corpus_err from None
+        except DataError as question_err:
+            # Report what the file was meant to be: a bad question row should not read as
+            # "passage has no 'text'".
+            raise (question_err if _looks_like_questions(Path(path)) else corpus_err) from None
         skipped = {content_hash(p.text) for ex in examples[:skip_first] for p in ex.passages}
         docs = [p for ex in examples[skip_first:] for p in ex.passages if content_hash(p.text) not in skipped]
     return list({content_hash(d.text): d for d in docs}.values())

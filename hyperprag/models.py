@@ -11,9 +11,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import HyperpragError, MissingDependencyError
 
@@ -127,12 +131,16 @@ def resolve_model_path(name_or_path: str | None = None) -> Path | str:
 
 
 def load_base_model(name_or_path: str | None = None, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu"):
+                    device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) in eval mode; ``None`` means the packaged Gemma 3 270M."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:  # a bad path reads to transformers as a malformed hub id
+        raise HyperpragError(f"cannot load model {name_or_path!r}: neither a model directory nor in the "
+                             f"local Hugging Face cache (the hub is not reached at run time): {err}") from None
     default = name_or_path in (None, DEFAULT_MODEL_ID)
     if default:  # a cache converted elsewhere, or by another transformers version
         check_default_tokenizer(tokenizer)

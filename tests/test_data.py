@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from hyperprag.data import DataError, load_questions, read_corpus, read_qa_jsonl
+from hyperprag.data import DataError, load_questions, passages_of, read_corpus, read_qa_jsonl
 
 
 def _write(tmp_path, name, lines):
@@ -79,3 +79,35 @@ def test_native_json_error_has_line(tmp_path):
     path.write_text('{\n "data": [\n oops]\n}')
     with pytest.raises(DataError, match=r"bad.json:3: invalid JSON"):
         load_questions(path)
+
+
+@pytest.mark.parametrize("root, message", [
+    ({"data": [{"title": "T", "paragraphs": [{"qas": []}]}]}, "article 0 is malformed"),
+    ({"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [{"question": "q?",
+                                                                     "answers": [{"text": "a"}]}]}]}]},
+     "article 0 is malformed"),
+    ({"data": ["x"]}, "article 0 is malformed"),
+    ({"data": []}, "no questions in file"),
+])
+def test_malformed_native_squad_is_a_data_error(tmp_path, root, message):
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(root))
+    with pytest.raises(DataError, match=message):
+        load_questions(path)
+
+
+def test_native_hotpot_errors(tmp_path):
+    path = tmp_path / "hotpot.json"
+    for root, message in [(["x"], "question 0 is malformed"), ([], "no questions in file")]:
+        path.write_text(json.dumps(root))
+        with pytest.raises(DataError, match=message):
+            load_questions(path)
+
+
+def test_passages_of_a_bad_question_file_reports_the_question_error(tmp_path):
+    path = _write(tmp_path, "q.jsonl", [GOOD, json.dumps({"question": "q?", "answers": "a"})])
+    with pytest.raises(DataError, match=r"q.jsonl:2: field 'answers'"):
+        passages_of(path)
+    corpus = _write(tmp_path, "c.jsonl", [json.dumps({"title": "A", "text": "a"}), json.dumps({"title": "B"})])
+    with pytest.raises(DataError, match=r"c.jsonl:2: passage has no 'text'"):
+        passages_of(corpus)

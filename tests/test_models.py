@@ -86,3 +86,13 @@ def test_a_tokenizer_that_splits_the_probe_otherwise_is_refused_naming_the_trans
 
     with pytest.raises(HyperpragError, match=f"transformers {transformers.__version__} rebuilt"):
         check_default_tokenizer(tokenizer)  # MiniLM's wordpiece: same text, other ids
+
+
+def test_a_model_or_embedder_path_that_is_not_there_is_one_clear_error(tmp_path):
+    from hyperprag.embedder import load_embedder
+    from hyperprag.models import load_base_model
+
+    with pytest.raises(HyperpragError, match="cannot load model .*nope"):
+        load_base_model(str(tmp_path / "nope"))
+    with pytest.raises(HyperpragError, match="cannot load embedder .*nope"):
+        load_embedder(str(tmp_path / "nope"))
