@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,8 +86,13 @@ class HyperEncoder(DocumentEncoder):
         config = {"hyperprag_version": self.version, "base_model": self.base_model,
                   "embedding_source": self.source.id, "hypernet": self.hypernet.config.to_dict(),
                   "targets": [[t.name, t.layer, t.role, t.in_features, t.out_features] for t in self.targets]}
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-        save_file({k: v.contiguous() for k, v in self.hypernet.state_dict().items()}, str(out / "model.safetensors"))
+        # config.json is what marks a checkpoint, so it lands last and each file lands whole: a run
+        # killed while saving leaves the previous checkpoint, never a config beside half its weights.
+        tmp = out / "model.safetensors.tmp"
+        save_file({k: v.contiguous() for k, v in self.hypernet.state_dict().items()}, str(tmp))
+        os.replace(tmp, out / "model.safetensors")
+        (out / "config.json.tmp").write_text(json.dumps(config, indent=2))
+        os.replace(out / "config.json.tmp", out / "config.json")
         return out
 
     @classmethod

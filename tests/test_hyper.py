@@ -85,6 +85,7 @@ def test_centred_hypernet_removes_the_common_part(tmp_path):
     name = next(iter(x.factors))
     assert x.delta(name).abs().sum() > 0 and not torch.allclose(x.delta(name), y.delta(name))
     enc.save_pretrained(tmp_path / "c")
+    assert sorted(f.name for f in (tmp_path / "c").iterdir()) == ["config.json", "model.safetensors"]  # no .tmp left
     loaded = HyperEncoder.from_pretrained(tmp_path / "c", tiny_model(), source=HashSource())
     assert torch.allclose(loaded.encode(DOCS[:1])[0].factors[name][1], x.factors[name][1], atol=1e-6)
 

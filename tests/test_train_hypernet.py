@@ -1,6 +1,7 @@
 """The training recipe under ``accelerate launch`` with 1 and 2 CPU processes on a tiny model."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,8 +76,16 @@ def test_training_under_accelerate_lowers_the_loss(tmp_path, setup, processes):
 def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     model_dir, data = setup
     launch(tmp_path, model_dir, data, 1, steps=5, out="run")
+    run = tmp_path / "run"
+    assert not (run / "state.tmp").exists() and not (run / "state.old").exists()
+    # A kill at step 7, after logging steps 6-7 and between save_state's two renames:
+    with (run / "log.jsonl").open("a") as f:
+        f.writelines(json.dumps({"step": s, "loss": 9.9}) + "\n" for s in (6, 7))
+    (run / "state").rename(run / "state.old")
     log = launch(tmp_path, model_dir, data, 1, steps=10, out="run")
-    assert [r["step"] for r in log] == list(range(1, 11))  # steps 6-10 appended, 1-5 not redone
+    assert "resumed from step 5" in (tmp_path / "stdout.txt").read_text()
+    assert [r["step"] for r in log] == list(range(1, 11))  # 6-7 redone and logged once, 1-5 not redone
+    assert all(r["loss"] != 9.9 for r in log)
 
 
 def test_time_budget_ends_an_annealed_run_on_every_process_and_counts_across_resumes(tmp_path, setup):
@@ -320,3 +329,30 @@ def test_bad_yaml_names_file_and_line(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"{config}:3: not valid YAML" in proc.stderr
+
+
+@pytest.mark.parametrize("config_text, overrides, message", [
+    ("steps: 0\n", [], "steps must be at least 1, got 0"),
+    ("", ["steps=abc"], "steps must be an integer, got 'abc'"),
+    ("", ["docs_per_step=true"], "docs_per_step must be an integer, got True"),
+    ("", ["weights=3"], "weights must be a mapping, got 3"),
+    ("", ["lr=0"], "lr must be positive"),
+    ("weights: {lm: 1.0, kll: 1.0}\n", [], "unknown objective weights.kll"),
+    ("weights: {lm: -1.0}\n", [], "weights.lm must be a number >= 0"),
+    ("weights: {lm: 1.0, recon: 1.0}\n", [], "the recon objective reads exact adapters: give recon_store"),
+    ("[1, 2]\n", [], "a config is a mapping of keys to values, got list"),
+])
+def test_config_types_ranges_and_objective_names_are_checked(tmp_path, config_text, overrides, message):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(config_text)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        _script().load_config(str(config), overrides)
+
+
+def test_missing_config_and_bare_override_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="cannot read the config"):
+        _script().load_config(str(tmp_path / "none.yaml"), [])
+    (tmp_path / "cfg.yaml").write_text("lr: 1.0e-4\n")
+    with pytest.raises(SystemExit, match="write key=value"):
+        _script().load_config(str(tmp_path / "cfg.yaml"), ["steps"])
+    assert _script().load_config(str(tmp_path / "cfg.yaml"), ["steps=3", "alpha=16"])["alpha"] == 16

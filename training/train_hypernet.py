@@ -56,6 +56,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -110,15 +111,56 @@ def _yaml(text: str, where: str):
         sys.exit(f"{where}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({getattr(err, 'problem', None) or err})")
 
 
+OBJECTIVES = ("lm", "kl", "recon", "contrast", "doc", "retrieved", "retrieved_contrast")
+AT_LEAST_ONE = ("steps", "docs_per_step", "qa_per_doc", "save_every", "log_every", "top_k", "rank", "hidden")
+
+
+def _check_types(cfg: dict, path: str) -> None:
+    """Each key takes its default's type (a number where the default is a float; anything where it
+    is null), so a typo fails here and not as a TypeError after a minute of model loading."""
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping"}
+    for key, default in DEFAULTS.items():
+        value, kind = cfg[key], type(default)
+        if default is None or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)):
+            continue
+        if kind is int and isinstance(value, float) and value.is_integer():  # 2e+1 reads as 20.0
+            value = cfg[key] = int(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            sys.exit(f"{path}: {key} must be {kinds[kind]}, got {value!r}")
+    for key in AT_LEAST_ONE:
+        if cfg[key] < 1:
+            sys.exit(f"{path}: {key} must be at least 1, got {cfg[key]}")
+    if not cfg["lr"] > 0:
+        sys.exit(f"{path}: lr must be positive, got {cfg['lr']}")
+    for name, weight in cfg["weights"].items():
+        if name not in OBJECTIVES:
+            sys.exit(f"{path}: unknown objective weights.{name}; the objectives are {', '.join(OBJECTIVES)}")
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+            sys.exit(f"{path}: weights.{name} must be a number >= 0, got {weight!r}")
+
+
 def load_config(path: str, overrides: list[str]) -> dict:
     cfg = json.loads(json.dumps(DEFAULTS))
-    cfg.update(_yaml(Path(path).read_text(), path) or {})
+    try:
+        loaded = _yaml(Path(path).read_text(), path) or {}
+    except OSError as err:
+        sys.exit(f"{path}: cannot read the config ({err.strerror})")
+    if not isinstance(loaded, dict):
+        sys.exit(f"{path}: a config is a mapping of keys to values, got {type(loaded).__name__}")
+    cfg.update(loaded)
     for item in overrides:  # key=value, YAML-typed
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not eq:
+            sys.exit(f"override {item!r}: write key=value (for example steps=100)")
         cfg[key] = _yaml(value, f"override {item}")
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         sys.exit(f"{path}: unknown config keys {sorted(unknown)}")
+    _check_types(cfg, path)
+    if cfg["weights"].get("recon") and not (cfg["recon_store"] and cfg["recon_encoder_key"]):
+        sys.exit(f"{path}: the recon objective reads exact adapters: give recon_store (the store directory) and "
+                 f"recon_encoder_key (the exact encoder's key in it)")
     needed = cfg["merge_k"] + bool(cfg["weights"].get("contrast"))  # contrast needs k documents besides the own
     if cfg["merge_k"] < 1 or cfg["docs_per_step"] < needed:
         sys.exit(f"{path}: merge_k must be >= 1 and docs_per_step >= {needed} (merge_k, plus 1 with contrast)")
@@ -191,6 +233,18 @@ def retrieved_questions(files: list[str], skip_first: int, top_k: int) -> list[t
             if top and not any(content_hash(p.text) in evaluated for p in top):
                 out.append((top, ex.question, ex.answers[0]))
     return out
+
+
+def drop_log_after(path: Path, step: int) -> None:
+    """A resumed run redoes the steps after its last saved state; their log lines go, so that each
+    step is logged once."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> None:
@@ -297,11 +351,18 @@ def main() -> None:
 
     # --- resume ------------------------------------------------------------------------------
     state_dir, step, spent = out / "state", 0, 0.0  # spent: seconds trained before this process
+    previous = out / "state.old"  # a kill between save_state's two renames leaves the last good state here
+    if accelerator.is_main_process and not (state_dir / "step.json").exists() and (previous / "step.json").exists():
+        shutil.rmtree(state_dir, ignore_errors=True)
+        previous.rename(state_dir)
+    accelerator.wait_for_everyone()
     if (state_dir / "step.json").exists():
         accelerator.load_state(str(state_dir))
         saved = json.loads((state_dir / "step.json").read_text())
         step, spent = saved["step"], saved.get("seconds", 0.0)
         log(f"resumed from step {step}")
+        if accelerator.is_main_process:
+            drop_log_after(out / "log.jsonl", step)
     budget = cfg["max_minutes"] * 60 if cfg["max_minutes"] else None
 
     def progress() -> float:
@@ -331,10 +392,19 @@ def main() -> None:
             log(f"saved {path}")
 
     def save_state() -> None:
+        """The resume point is replaced only once the new one is whole, step.json included."""
+        tmp = out / "state.tmp"
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(state_dir))
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (state_dir / "step.json").write_text(json.dumps({"step": step, "seconds": spent + time.time() - t_start}))
+            (tmp / "step.json").write_text(json.dumps({"step": step, "seconds": spent + time.time() - t_start}))
+            shutil.rmtree(previous, ignore_errors=True)
+            if state_dir.exists():
+                state_dir.rename(previous)
+            tmp.rename(state_dir)
+            shutil.rmtree(previous, ignore_errors=True)
+        accelerator.wait_for_everyone()
 
     # Every process draws its own documents: the seed includes the rank and the step, so a resumed
     # run continues the same sequence and processes never train on the same batch.
