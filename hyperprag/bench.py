@@ -111,8 +111,11 @@ def answer_all(model, tokenizer, ds: Dataset, mode: str, adapters: Sequence[DocA
     records = _read_records(path)
     if len(records) > len(ds.examples):
         raise ValueError(f"{path} holds more answers than there are questions; delete it")
-    with path.open("w", encoding="utf-8") as f:  # rewrite once to drop a cut last line
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:  # drop a cut last line, atomically
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
     bs = settings.batch_size
     bar = tqdm(total=len(ds.examples), initial=len(records), desc=f"{ds.name} {label}", unit="q",
                disable=not settings.progress or len(records) == len(ds.examples))
@@ -322,6 +325,8 @@ def query_latency(model, tokenizer, ds: Dataset, merged: dict[str, list[DocAdapt
     if on_the_fly:
         times["hyper+encode"] = []
     n = min(settings.latency_queries, len(ds.examples))
+    if n == 0:
+        return {}
     for _ in range(settings.repeats):
         for i in range(n):
             ex, ps = ds.examples[i], ds.retrieved[i]
@@ -346,6 +351,8 @@ def batch_throughput(model, tokenizer, ds: Dataset, merged: dict[str, list[DocAd
     """Questions per second for one batch of queries, each with its own merged adapter, against
     the same batch with no adapter (closed-book prompts, 8 new tokens each), interleaved."""
     n = min(settings.throughput_queries, len(ds.examples))
+    if n == 0:
+        return {}
     prompts = [build_prompt(ex.question) for ex in ds.examples[:n]]
     runs = {"plain": None} | {f"per_row_{name}": ads[:n] for name, ads in merged.items()}
     res: dict[str, list[float]] = {k: [] for k in runs}

@@ -9,23 +9,24 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+from .cli_types import at_least
 from .data import DataError, QAExample, load_questions, passages_of, read_corpus
 from .errors import HyperpragError
+from .evaluate import MODES as ENGINE_MODES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The names of evaluate.MODES, kept here so `--help` does not import torch (a test keeps them equal).
-MODES = ("closed", "rag", "prag", "prag-combine", "hyper", "hyper-combine")
+MODES = tuple(ENGINE_MODES)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="base model: a local Hugging Face directory (default: the packaged Gemma 3 270M, "
                         "converted once into $HYPERPRAG_CACHE)")
-    p.add_argument("--batch-size", type=int, default=8, help="questions answered per forward pass (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer generated (default 32)")
-    p.add_argument("--top-k", type=int, default=3, help="passages retrieved per question (default 3)")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="questions answered per forward pass (default 8)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=32, help="longest answer generated (default 32)")
+    p.add_argument("--top-k", type=at_least(1), default=3, help="passages retrieved per question (default %(default)s)")
     p.add_argument("--retriever", choices=("bm25", "dense"), default="bm25",
                    help="bm25 (bm25s, default) or dense (cosine on the sentence embedder)")
     p.add_argument("--embedder", default=None,
@@ -33,18 +34,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_parametric_args(p: argparse.ArgumentParser) -> None:
+def _add_parametric_args(p: argparse.ArgumentParser, merge: bool = True) -> None:
+    """Store and encoder options; ``merge`` for the commands that combine top-k adapters (not encode)."""
     from .encoders import add_encoder_args
     from .merge import MERGE_METHODS
 
     p.add_argument("--store", default=None,
                    help="adapter store directory, reused and filled on demand "
                         "(default: $HYPERPRAG_CACHE/store)")
+    add_encoder_args(p)
+    if not merge:
+        return
     p.add_argument("--merge", choices=MERGE_METHODS, default=None,
                    help="how the top-k adapters are combined (default: the encoder's own: sum, the exact "
                         "sum of deltas, for trained adapters; mean for generated ones, whose common part "
                         "a sum would multiply)")
-    add_encoder_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", required=True,
                     choices=MODES,
                     help="how documents are used")
-    ev.add_argument("--limit", type=int, default=None, help="only the first N questions (after --skip)")
-    ev.add_argument("--skip", type=int, default=0,
+    ev.add_argument("--limit", type=at_least(1), default=None, help="only the first N questions (after --skip)")
+    ev.add_argument("--skip", type=at_least(0), default=0,
                     help="leave out the first N questions: a validation slice past the benchmark's "
                          "(--skip 100 --limit 50), for choosing a checkpoint without the test questions")
     ev.add_argument("--out", default=None, help="write the result JSON here (mode, n, em, f1, predictions)")
@@ -86,12 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "store are skipped, so a killed run resumes where it stopped. FILE is a corpus JSONL "
                     "({id,title,text}) or a question file whose passages are encoded.")
     enc.add_argument("--docs", required=True, help="corpus JSONL, or a question file (its passages)")
-    enc.add_argument("--limit", type=int, default=None, help="only the first N passages")
+    enc.add_argument("--limit", type=at_least(1), default=None, help="only the first N passages")
     enc.add_argument("--model", default=None, help="base model directory (default: packaged Gemma 3 270M)")
     enc.add_argument("--quiet", action="store_true", help="no progress bars")
     enc.add_argument("--encoder", choices=("exact", "hyper"), default="exact",
                      help="exact (train each LoRA) or hyper (generate it with the hypernetwork)")
-    _add_parametric_args(enc)
+    _add_parametric_args(enc, merge=False)
 
     aug = sub.add_parser(
         "augment", help="self-augment the passages of files (rewrites + QA pairs) into the cache",
@@ -103,16 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "directory, which depends on the model and on these settings.")
     aug.add_argument("--docs", required=True, nargs="+", metavar="FILE",
                      help="corpus JSONL files, or question files (their passages)")
-    aug.add_argument("--skip-first", type=int, default=0, metavar="N",
+    aug.add_argument("--skip-first", type=at_least(0), default=0, metavar="N",
                      help="leave out the passages of each question file's first N questions, the ones the "
                           "benchmarks evaluate on (default 0)")
-    aug.add_argument("--limit", type=int, default=None, help="only the first N passages in all")
+    aug.add_argument("--limit", type=at_least(1), default=None, help="only the first N passages in all")
     aug.add_argument("--model", default=None, help="base model directory (default: packaged Gemma 3 270M)")
-    aug.add_argument("--batch-size", type=int, default=8,
+    aug.add_argument("--batch-size", type=at_least(1), default=8,
                      help="passages generated at a time (default 8, the exact encoder's: the cache "
                           "directory depends on it)")
-    aug.add_argument("--n-rewrites", type=int, default=1, help="rewrites per passage (default 1)")
-    aug.add_argument("--n-qa", type=int, default=3, help="QA pairs per passage (default 3)")
+    aug.add_argument("--n-rewrites", type=at_least(0), default=1, help="rewrites per passage (default 1)")
+    aug.add_argument("--n-qa", type=at_least(0), default=3, help="QA pairs per passage (default 3)")
     from .encoders import add_augment_dtype
     add_augment_dtype(aug)
     aug.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -130,23 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "each is reported separately")
     bench.add_argument("--corpus", default=None, help="passage corpus JSONL to retrieve from, for every --data")
     bench.add_argument("--out", required=True, help="output directory")
-    bench.add_argument("--limit", type=int, nargs="+", default=None, metavar="N",
+    bench.add_argument("--limit", type=at_least(1), nargs="+", default=None, metavar="N",
                        help="only the first N questions of each file (after --skip); one N for all, or one per "
                             "--data file")
-    bench.add_argument("--skip", type=int, default=0,
+    bench.add_argument("--skip", type=at_least(0), default=0,
                        help="leave out the first N questions of each file: a validation slice past the "
                             "benchmark's (--skip 100 --limit 50), for choosing a checkpoint without the test questions")
-    bench.add_argument("--per-doc", type=int, default=None,
+    bench.add_argument("--per-doc", type=at_least(1), default=None,
                        help="at most N questions per passage (SQuAD has ~5 a paragraph: --per-doc 5 --limit 100 "
                             "spans 20 paragraphs)")
     bench.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), metavar="MODE",
                        help=f"modes to run (default all: {' '.join(MODES)})")
-    bench.add_argument("--cost-docs", type=int, default=2,
+    bench.add_argument("--cost-docs", type=at_least(0), default=2,
                        help="documents the exact encoder is timed on from a cold cache (default 2; 0 skips)")
-    bench.add_argument("--repeats", type=int, default=3, help="timing repeats; medians are reported (default 3)")
-    bench.add_argument("--latency-queries", type=int, default=8, help="queries timed one by one (default 8)")
-    bench.add_argument("--throughput-queries", type=int, default=16, help="queries in the throughput batch (default 16)")
-    bench.add_argument("--similarity-docs", type=int, default=20,
+    bench.add_argument("--repeats", type=at_least(1), default=3, help="timing repeats; medians are reported (default 3)")
+    bench.add_argument("--latency-queries", type=at_least(0), default=8, help="queries timed one by one (default 8; 0 skips)")
+    bench.add_argument("--throughput-queries", type=at_least(0), default=16, help="queries in the throughput batch (default 16; 0 skips)")
+    bench.add_argument("--similarity-docs", type=at_least(0), default=20,
                        help="documents in the adapter-similarity matrix (default 20)")
     _add_model_args(bench)
     _add_parametric_args(bench)
@@ -154,8 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="the main job on built-in fictional documents",
         description="Answer questions about a few fictional documents (facts the model cannot know) "
-                    "closed-book, with RAG, and with the documents' adapters (prag, prag-combine), and "
-                    "print a table. The first run trains the adapters (a few minutes on a CPU).")
+                    "closed-book, with RAG, with the documents' trained adapters (prag, prag-combine) and, "
+                    "when a hypernetwork checkpoint is there (the shipped one by default), with generated "
+                    "ones (hyper, hyper-combine), and print a table. The first run trains the adapters (a "
+                    "few minutes on a CPU). The demo retrieves one document per question and trains the "
+                    "reference recipe at lr 1e-3 for 3 epochs (PRAG's 3e-4 x 1 barely moves a 270M "
+                    "model); --lr, --epochs or --recipe override that.")
     _add_model_args(demo)
     _add_parametric_args(demo)
     # One document per question; the recipe is made stronger in cmd_demo.
@@ -164,14 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_examples(args) -> list[QAExample]:
-    if args.skip < 0:
-        raise HyperpragError("--skip must be 0 or more")
-    examples = load_questions(args.data)[args.skip:]
-    if args.limit is not None:
-        if args.limit < 1:
-            raise HyperpragError("--limit must be at least 1")
-        examples = examples[: args.limit]
-    return examples
+    examples = load_questions(args.data)
+    if args.skip >= len(examples):
+        raise HyperpragError(f"{args.data} has {len(examples)} questions: --skip {args.skip} leaves none")
+    return examples[args.skip:][: args.limit]
 
 
 def _retrieve(args, examples, corpus):
@@ -208,15 +212,15 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate, get_mode
     from .models import load_base_model
 
+    mode = get_mode(args.mode)
+    if args.wrong_doc and not mode.adapters:
+        raise HyperpragError("--wrong-doc only applies to the parametric modes")
     examples = _load_examples(args)
     corpus = read_corpus(args.corpus) if args.corpus else None
     retrieved = _retrieve(args, examples, corpus)
     model, tokenizer = load_base_model(args.model)
-    mode = get_mode(args.mode)
     adapters = _adapters(args, model, tokenizer, retrieved, mode.encoder) if mode.adapters else None
     if args.wrong_doc:
-        if adapters is None:
-            raise HyperpragError("--wrong-doc only applies to the parametric modes")
         adapters = wrong_document(adapters)
     result = evaluate(model, tokenizer, examples, args.mode, retrieved, args.batch_size,
                       args.max_new_tokens, progress=not args.quiet, adapters=adapters)
@@ -296,15 +300,13 @@ def cmd_bench(args) -> int:
     if len(limits) not in (1, len(args.data)):
         raise HyperpragError(f"--limit takes one N or one per --data file ({len(args.data)}), not {len(limits)}")
     limits = limits * len(args.data) if len(limits) == 1 else limits
-    for name, value in [("limit", n) for n in limits] + [("per-doc", args.per_doc), ("repeats", args.repeats)]:
-        if value is not None and value < 1:
-            raise HyperpragError(f"--{name} must be at least 1")
-    if args.skip < 0:
-        raise HyperpragError("--skip must be 0 or more")
     corpus = read_corpus(args.corpus) if args.corpus else None
     datasets, names = [], set()
     for path, limit in zip(args.data, limits):
-        examples = spread_questions(load_questions(path)[args.skip:], limit, args.per_doc)
+        questions = load_questions(path)
+        if args.skip >= len(questions):
+            raise HyperpragError(f"{path} has {len(questions)} questions: --skip {args.skip} leaves none")
+        examples = spread_questions(questions[args.skip:], limit, args.per_doc)
         name = Path(path).stem
         while name in names:
             name += "'"

@@ -5,6 +5,7 @@ import argparse
 from dataclasses import replace
 
 from .augment import GENERATION_DTYPES, AugmentConfig
+from .cli_types import at_least
 from .encoder import DocumentEncoder
 from .exact import RECIPES, ExactEncoder, LoraTrainConfig
 
@@ -21,16 +22,16 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recipe", choices=list(RECIPES), default="reference",
                    help=f"training recipe (default reference, PRAG's; converged trains on the same data until "
                         f"the passage is held, see benchmarks/exact.md). {recipes}")
-    g.add_argument("--rank", type=int, default=None, help=f"LoRA rank (default {d.rank})")
+    g.add_argument("--rank", type=at_least(1), default=None, help=f"LoRA rank (default {d.rank})")
     g.add_argument("--alpha", type=float, default=None, help=f"LoRA alpha (default {d.alpha:g})")
     g.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
-    g.add_argument("--epochs", type=int, default=None, help="epochs over the sequences (default: the recipe's)")
-    g.add_argument("--train-batch-size", type=int, default=None,
+    g.add_argument("--epochs", type=at_least(1), default=None, help="epochs over the sequences (default: the recipe's)")
+    g.add_argument("--train-batch-size", type=at_least(1), default=None,
                    help="sequences per training step (default: the recipe's)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast while training")
     a = AugmentConfig()
-    g.add_argument("--n-rewrites", type=int, default=a.n_rewrites, help=f"rewrites per document (default {a.n_rewrites})")
-    g.add_argument("--n-qa", type=int, default=a.n_qa, help=f"QA pairs per document (default {a.n_qa})")
+    g.add_argument("--n-rewrites", type=at_least(0), default=a.n_rewrites, help=f"rewrites per document (default {a.n_rewrites})")
+    g.add_argument("--n-qa", type=at_least(0), default=a.n_qa, help=f"QA pairs per document (default {a.n_qa})")
     add_augment_dtype(g)
 
 

@@ -45,12 +45,6 @@ def setup(tmp_path, tokenizer, monkeypatch):
     return tmp_path, args
 
 
-def test_cli_modes_are_the_engine_modes():
-    from hyperprag.evaluate import MODES as ENGINE_MODES
-
-    assert MODES == tuple(ENGINE_MODES)
-
-
 def test_bench_writes_every_figure_report_and_plots(setup, capsys):
     tmp_path, args = setup
     assert main(args) == 0
@@ -132,6 +126,18 @@ def test_bench_bad_input_is_one_clear_line(tmp_path, capsys):
     a = _write(tmp_path / "a.jsonl", typed=False)
     assert main(["bench", "--data", str(a), "--out", str(tmp_path / "o"), "--limit", "1", "2"]) == 2
     assert "one per --data file (1), not 2" in capsys.readouterr().err
+    # Refused before any model loads (there is none at --model):
+    nothing = ["--out", str(tmp_path / "o"), "--model", str(tmp_path / "no-model")]
+    assert main(["bench", "--data", str(a), "--skip", str(len(FACTS))] + nothing) == 2
+    assert f"has {len(FACTS)} questions: --skip {len(FACTS)} leaves none" in capsys.readouterr().err
+    assert main(["eval", "--data", str(a), "--mode", "rag", "--wrong-doc"] + nothing[2:]) == 2
+    assert "--wrong-doc only applies to the parametric modes" in capsys.readouterr().err
+    for flag, value, message in [("--top-k", "0", "must be at least 1, got 0"),
+                                 ("--latency-queries", "-1", "must be at least 0, got -1"),
+                                 ("--batch-size", "two", "expected an integer, got 'two'")]:
+        with pytest.raises(SystemExit):
+            main(["bench", "--data", str(a), flag, value] + nothing)
+        assert f"argument {flag}: {message}" in capsys.readouterr().err
 
 
 def test_bench_limit_per_file(setup):
@@ -142,7 +148,9 @@ def test_bench_limit_per_file(setup):
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [d["n_questions"] for d in res["datasets"].values()] == [3, 2]
     n = len(load_questions(args[args.index("--data") + 1]))
-    assert main(args + ["--skip", str(n - 2), "--out", str(tmp_path / "val")]) == 0  # past n - 2, 2 remain
+    assert main(args + ["--skip", str(n - 2), "--out", str(tmp_path / "val"),  # past n - 2, 2 remain
+                        "--latency-queries", "0", "--throughput-queries", "0"]) == 0  # 0 skips the timing
     res = json.loads((tmp_path / "val" / "results.json").read_text())
     assert [d["n_questions"] for d in res["datasets"].values()] == [2, 2]
+    assert res["latency_seconds"] == {} and res["throughput_q_per_s"] == {}
     assert "cost_seconds_per_doc" in res and list(res["datasets"]["alpha"]["modes"]) == ["closed", "rag"]
