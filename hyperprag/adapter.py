@@ -52,7 +52,7 @@ class DocAdapter:
         a, b = self.factors[name]
         return self.scaling * (b.float() @ a.float())
 
-    def to(self, device=None, dtype=None) -> DocAdapter:
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DocAdapter:
         factors = {n: (a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype))
                    for n, (a, b) in self.factors.items()}
         return DocAdapter(factors, self.scaling, self.base_model, self.encoder, self.encoder_version,

@@ -24,7 +24,8 @@ def lowrank_sq_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a @ a.transpose(-1, -2)) * (b.transpose(-1, -2) @ b)).sum((-1, -2))
 
 
-def delta_distance(a1, b1, s1: float, a2, b2, s2: float) -> torch.Tensor:
+def delta_distance(a1: torch.Tensor, b1: torch.Tensor, s1: float, a2: torch.Tensor, b2: torch.Tensor,
+                   s2: float) -> torch.Tensor:
     """Relative squared distance ||s1 B1A1 - s2 B2A2||^2 / ||s2 B2A2||^2, batched, in low-rank form."""
     a = torch.cat([a1, a2], dim=-2)
     b = torch.cat([b1 * s1, -b2 * s2], dim=-1)
