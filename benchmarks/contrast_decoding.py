@@ -37,14 +37,19 @@ from hyperprag.prompts import extract_answer
 class ContrastRows(LogitsProcessor):
     """Scores for 2n rows (n adapted, then the same n bare) -> the contrasted scores, on both halves."""
 
-    def __init__(self, alpha: float, beta: float):
-        self.alpha, self.log_beta = alpha, math.log(beta)
+    def __init__(self, alpha: float, beta: float, first_word_only: bool = False):
+        self.alpha, self.log_beta, self.first_word_only = alpha, math.log(beta), first_word_only
+        self.tokenizer, self.prompt_len = None, 0  # set per batch, for first_word_only
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         n = scores.shape[0] // 2
         logp = torch.log_softmax(scores.float(), dim=-1)
         adapted, bare = logp[:n], logp[n:]
-        out = adapted + self.alpha * (adapted - bare)
+        alpha = torch.full((n, 1), self.alpha)
+        if self.first_word_only:  # rows that have written something besides whitespace go on greedily
+            written = self.tokenizer.batch_decode(input_ids[:n, self.prompt_len:], skip_special_tokens=True)
+            alpha[[bool(t.strip()) for t in written]] = 0.0
+        out = adapted + alpha * (adapted - bare)
         out = out.masked_fill(adapted < adapted.max(-1, keepdim=True).values + self.log_beta, float("-inf"))
         return torch.cat([out, out]).to(scores.dtype)
 
@@ -52,8 +57,8 @@ class ContrastRows(LogitsProcessor):
 class ContrastDecoding:
     """Replaces evaluate's ``inject`` and ``generate_answers`` for the length of a bench run."""
 
-    def __init__(self, alpha: float, beta: float):
-        self.processor = ContrastRows(alpha, beta)
+    def __init__(self, alpha: float, beta: float, first_word_only: bool = False):
+        self.processor = ContrastRows(alpha, beta, first_word_only)
         self.paired = False
 
     @contextmanager
@@ -78,7 +83,8 @@ class ContrastDecoding:
         tokenizer.padding_side = "left"
         enc = tokenizer(prompts + prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
         enc = enc.to(model.device)
-        prompt_len = enc["input_ids"].shape[1]
+        prompt_len = self.processor.prompt_len = enc["input_ids"].shape[1]
+        self.processor.tokenizer = tokenizer
         out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              do_sample=False, top_p=None, top_k=None, temperature=None,
@@ -94,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=1.0, help="weight of the adapted-minus-bare difference (0: plain greedy)")
     parser.add_argument("--beta", type=float, default=0.1,
                         help="plausibility cut: tokens below beta x the adapted model's top probability are never picked")
+    parser.add_argument("--first-word-only", action="store_true",
+                        help="contrast only until the answer's first word has begun (its first token that is not "
+                             "whitespace), then greedy on the adapted model: the first word is where greedy "
+                             "answers go wrong, and contrasting every token invites repetition")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="a hyperprag command line (bench or eval)")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a hyperprag command after --")
     if not 0 < args.beta <= 1:
         parser.error("--beta must be in (0, 1]")
-    decoding = ContrastDecoding(args.alpha, args.beta)
+    decoding = ContrastDecoding(args.alpha, args.beta, args.first_word_only)
     evaluate_module.inject, evaluate_module.generate_answers = decoding.inject, decoding.generate_answers
     return hyperprag_main(command)
 

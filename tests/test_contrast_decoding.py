@@ -36,3 +36,15 @@ def test_alpha_zero_answers_as_plain_greedy_and_closed_book_is_untouched(tokeniz
     assert not decoding.paired
     with decoding.inject(model, None):  # no adapters: plain greedy, no paired rows
         assert decoding.generate_answers(model, tokenizer, prompts, 5) == generate_answers(model, tokenizer, prompts, 5)
+
+
+def test_first_word_only_contrasts_rows_until_their_first_word_has_begun(tokenizer):
+    scores = torch.randn(4, tokenizer.vocab_size, generator=torch.Generator().manual_seed(1))  # no token masked
+    processor = ContrastRows(alpha=2.0, beta=1e-9, first_word_only=True)
+    processor.tokenizer, processor.prompt_len = tokenizer, 2
+    word = tokenizer.convert_tokens_to_ids("hello")
+    ids = torch.tensor([[5, 6, tokenizer.pad_token_id], [5, 6, word]] * 2)  # row 0: nothing yet; row 1: a word
+    out = processor(ids, scores)
+    adapted, bare = torch.log_softmax(scores[:2], -1), torch.log_softmax(scores[2:], -1)
+    assert torch.allclose(out[0], 3 * adapted[0] - 2 * bare[0], atol=1e-5)
+    assert torch.allclose(out[1], adapted[1], atol=1e-6)
