@@ -154,3 +154,11 @@ def test_bench_limit_per_file(setup):
     assert [d["n_questions"] for d in res["datasets"].values()] == [2, 2]
     assert res["latency_seconds"] == {} and res["throughput_q_per_s"] == {}
     assert "cost_seconds_per_doc" in res and list(res["datasets"]["alpha"]["modes"]) == ["closed", "rag"]
+
+
+def test_version_flag(capsys):
+    import hyperprag
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"hyperprag {hyperprag.__version__}"
