@@ -78,14 +78,18 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     launch(tmp_path, model_dir, data, 1, steps=5, out="run")
     run = tmp_path / "run"
     assert not (run / "state.tmp").exists() and not (run / "state.old").exists()
-    # A kill at step 7, after logging steps 6-7 and between save_state's two renames:
+    # A kill during step 8, after logging steps 6-7 and between save_state's two renames:
     with (run / "log.jsonl").open("a") as f:
         f.writelines(json.dumps({"step": s, "loss": 9.9}) + "\n" for s in (6, 7))
+        f.write('{"step": 8, "lo')  # cut by the kill
+    (run / "state.tmp").mkdir()  # and a save it cut short
+    (run / "state.tmp" / "junk.bin").write_bytes(b"x")
     (run / "state").rename(run / "state.old")
     log = launch(tmp_path, model_dir, data, 1, steps=10, out="run")
     assert "resumed from step 5" in (tmp_path / "stdout.txt").read_text()
     assert [r["step"] for r in log] == list(range(1, 11))  # 6-7 redone and logged once, 1-5 not redone
     assert all(r["loss"] != 9.9 for r in log)
+    assert not (run / "state.tmp").exists() and not (run / "state" / "junk.bin").exists()
 
 
 def test_time_budget_ends_an_annealed_run_on_every_process_and_counts_across_resumes(tmp_path, setup):

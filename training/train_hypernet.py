@@ -240,8 +240,14 @@ def drop_log_after(path: Path, step: int) -> None:
     step is logged once."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the line the kill cut short, and nothing after it
+            break
+        if record["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(kept))
     os.replace(tmp, path)
@@ -394,6 +400,8 @@ def main() -> None:
     def save_state() -> None:
         """The resume point is replaced only once the new one is whole, step.json included."""
         tmp = out / "state.tmp"
+        if accelerator.is_main_process:  # what a save cut short left behind
+            shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
