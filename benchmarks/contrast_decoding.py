@@ -25,11 +25,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 import hyperprag.evaluate as evaluate_module
 from hyperprag.cli import main as hyperprag_main
-from hyperprag.generation import StopAfter, generate_answers
+from hyperprag.generation import generate_answers, generate_completions
 from hyperprag.inject import inject
 from hyperprag.prompts import extract_answer
 
@@ -39,10 +39,13 @@ class ContrastRows(LogitsProcessor):
 
     def __init__(self, alpha: float, beta: float, first_word_only: bool = False):
         self.alpha, self.log_beta, self.first_word_only = alpha, math.log(beta), first_word_only
-        self.tokenizer, self.prompt_len = None, 0  # set per batch, for first_word_only
+        self.tokenizer = None
+        self.prompt_len: int | None = None  # None before a batch's first pick, which sets it
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         n = scores.shape[0] // 2
+        if self.prompt_len is None:
+            self.prompt_len = input_ids.shape[1]
         logp = torch.log_softmax(scores.float(), dim=-1)
         adapted, bare = logp[:n], logp[n:]
         alpha = torch.full((n, 1), self.alpha)
@@ -75,22 +78,13 @@ class ContrastDecoding:
         finally:
             self.paired = False
 
-    @torch.inference_mode()
     def generate_answers(self, model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32) -> list[str]:
         if not self.paired:
             return generate_answers(model, tokenizer, prompts, max_new_tokens)
         prompts = list(prompts)
-        tokenizer.padding_side = "left"
-        enc = tokenizer(prompts + prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
-        enc = enc.to(model.device)
-        prompt_len = self.processor.prompt_len = enc["input_ids"].shape[1]
-        self.processor.tokenizer = tokenizer
-        out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             do_sample=False, top_p=None, top_k=None, temperature=None,
-                             logits_processor=LogitsProcessorList([self.processor]),
-                             stopping_criteria=StoppingCriteriaList([StopAfter(tokenizer, prompt_len, "\n")]))
-        texts = tokenizer.batch_decode(out[: len(prompts), prompt_len:], skip_special_tokens=True)
+        self.processor.tokenizer, self.processor.prompt_len = tokenizer, None
+        texts = generate_completions(model, tokenizer, prompts + prompts, max_new_tokens,
+                                     logits_processor=LogitsProcessorList([self.processor]))[: len(prompts)]
         return [extract_answer(t) for t in texts]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .prompts import extract_answer
 
@@ -24,8 +24,10 @@ class StopAfter(StoppingCriteria):
 
 @torch.inference_mode()
 def generate_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
-                         stop: str = "\n", temperature: float = 0.0, seed: int | None = None) -> list[str]:
-    """Completions of one batch of prompts, decoded without the prompt; greedy unless ``temperature``."""
+                         stop: str = "\n", temperature: float = 0.0, seed: int | None = None,
+                         logits_processor: LogitsProcessorList | None = None) -> list[str]:
+    """Completions of one batch of prompts, decoded without the prompt; greedy unless ``temperature``.
+    ``logits_processor`` reshapes the scores before each pick (benchmarks try other decodings with it)."""
     tokenizer.padding_side = "left"
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True, return_token_type_ids=False)
     enc = enc.to(model.device)
@@ -40,6 +42,7 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], max_new_token
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         stopping_criteria=StoppingCriteriaList([StopAfter(tokenizer, prompt_len, stop)]),
+        logits_processor=logits_processor,
         **sampling,
     )
     return tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)

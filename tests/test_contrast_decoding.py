@@ -15,7 +15,7 @@ from contrast_decoding import ContrastDecoding, ContrastRows  # noqa: E402
 
 def test_contrast_rows_amplify_the_difference_and_mask_implausible_tokens():
     scores = torch.randn(4, 11, generator=torch.Generator().manual_seed(0)) * 3
-    out = ContrastRows(alpha=2.0, beta=0.1)(None, scores)
+    out = ContrastRows(alpha=2.0, beta=0.1)(torch.zeros(4, 3, dtype=torch.long), scores)
     assert torch.equal(out[:2], out[2:])  # both halves take the same token
     adapted, bare = torch.log_softmax(scores[:2], -1), torch.log_softmax(scores[2:], -1)
     plausible = adapted >= adapted.max(-1, keepdim=True).values + torch.log(torch.tensor(0.1))
