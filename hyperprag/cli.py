@@ -173,11 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_examples(args) -> list[QAExample]:
-    examples = load_questions(args.data)
-    if args.skip >= len(examples):
-        raise HyperpragError(f"{args.data} has {len(examples)} questions: --skip {args.skip} leaves none")
-    return examples[args.skip:][: args.limit]
+def _questions_after_skip(path: str, skip: int) -> list[QAExample]:
+    """A question file less its first ``skip`` questions (a validation slice), refusing an empty one."""
+    examples = load_questions(path)
+    if skip >= len(examples):
+        raise HyperpragError(f"{path} has {len(examples)} questions: --skip {skip} leaves none")
+    return examples[skip:]
 
 
 def _retrieve(args, examples, corpus):
@@ -217,7 +218,7 @@ def cmd_eval(args) -> int:
     mode = get_mode(args.mode)
     if args.wrong_doc and not mode.adapters:
         raise HyperpragError("--wrong-doc only applies to the parametric modes")
-    examples = _load_examples(args)
+    examples = _questions_after_skip(args.data, args.skip)[: args.limit]
     corpus = read_corpus(args.corpus) if args.corpus else None
     retrieved = _retrieve(args, examples, corpus)
     model, tokenizer = load_base_model(args.model)
@@ -305,10 +306,7 @@ def cmd_bench(args) -> int:
     corpus = read_corpus(args.corpus) if args.corpus else None
     datasets, names = [], set()
     for path, limit in zip(args.data, limits):
-        questions = load_questions(path)
-        if args.skip >= len(questions):
-            raise HyperpragError(f"{path} has {len(questions)} questions: --skip {args.skip} leaves none")
-        examples = spread_questions(questions[args.skip:], limit, args.per_doc)
+        examples = spread_questions(_questions_after_skip(path, args.skip), limit, args.per_doc)
         name = Path(path).stem
         while name in names:
             name += "'"
