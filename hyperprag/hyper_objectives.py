@@ -135,6 +135,41 @@ def answer_losses(student_logits: torch.Tensor, batch: AnswerBatch) -> torch.Ten
     return ce.new_zeros(n).index_add(0, rows, ce) / torch.bincount(rows, minlength=n).to(ce.dtype)
 
 
+def sibling_first_tokens(tokenizer, answers: Sequence[str], siblings: Sequence[Sequence[str]], rng) -> torch.Tensor:
+    """(n_answers,) the first token of one other answer of the same document, drawn by ``rng``
+    among those whose first token differs from the answer's own, or -1 where none does. Tokenised
+    as ``answer_batch`` tokenises answers, so the two first tokens are read at the same position."""
+    def first(text: str) -> int:
+        return tokenizer(f" {text.strip()}\n", add_special_tokens=False)["input_ids"][0]
+
+    out = []
+    for answer, others in zip(answers, siblings):
+        own = first(answer)
+        candidates = [t for t in {first(o) for o in others} if t != own]
+        out.append(rng.choice(sorted(candidates)) if candidates else -1)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def sibling_margin(student_logits: torch.Tensor, batch: AnswerBatch, sibling_first: torch.Tensor,
+                   margin: float) -> torch.Tensor:
+    """Binding as an objective: at each answer's first token, the right answer must beat another
+    answer *of the same document* by ``margin`` nats (a hinge). A generated adapter raises all of
+    its passage's names together; the lm loss's softmax spreads its push over the whole
+    vocabulary, while this one pushes against exactly the names the adapter itself made likely.
+    Rows without a sibling (``-1``) count for nothing; none at all gives zero."""
+    rows = batch.rows.to(student_logits.device)
+    n = int(rows.max()) + 1
+    starts = torch.searchsorted(rows, torch.arange(n, device=rows.device))  # each answer's first token
+    logp = torch.log_softmax(student_logits[starts].float(), dim=-1)
+    sibling_first = sibling_first.to(student_logits.device)
+    valid = sibling_first >= 0
+    if not valid.any():
+        return student_logits.new_zeros(())
+    own = logp[valid, batch.targets.to(student_logits.device)[starts][valid]]
+    other = logp[valid, sibling_first[valid]]
+    return torch.relu(margin - (own - other)).mean()
+
+
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(teacher || student) per answer token, averaged."""
     t = F.log_softmax(teacher_logits / temperature, dim=-1)

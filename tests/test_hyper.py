@@ -207,6 +207,29 @@ def test_answer_losses_are_each_answers_own_mean(tokenizer):
     assert torch.allclose((per * counts).sum() / counts.sum(), lm_loss(logits, batch))  # the batch mean, re-weighted
 
 
+def test_sibling_margin_compares_first_tokens_of_answers_of_the_same_document(tokenizer):
+    import random
+
+    from hyperprag.hyper_objectives import answer_batch, sibling_first_tokens, sibling_margin
+
+    answers = ["Tamsin Orle", "green", "1911"]
+    siblings = [["green", "Tamsin Orle"], ["green"], ["Tamsin Orle"]]  # the second has no other answer
+    sib = sibling_first_tokens(tokenizer, answers, siblings, random.Random(0))
+    first = [tokenizer(f" {a}\n", add_special_tokens=False)["input_ids"][0] for a in answers]
+    assert sib.tolist() == [first[1], -1, first[0]]
+    batch = answer_batch(tokenizer, ["Q: who?", "Q: colour?", "Q: year?"], answers)
+    logits = torch.randn(len(batch.targets), len(tokenizer), generator=torch.Generator().manual_seed(0))
+    starts = [int((batch.rows == i).nonzero()[0]) for i in range(3)]
+    logp = torch.log_softmax(logits[starts], -1)
+    by_hand = [torch.relu(0.5 - (logp[i, first[i]] - logp[i, sib[i]])) for i in (0, 2)]
+    assert torch.allclose(sibling_margin(logits, batch, sib, 0.5), torch.stack(by_hand).mean())
+    # The right answer far ahead of its sibling meets the margin: nothing left to push.
+    for i in (0, 2):
+        logits[starts[i], first[i]] += 100.0
+    assert sibling_margin(logits, batch, sib, 0.5) == 0
+    assert sibling_margin(logits, batch, torch.full((3,), -1), 0.5) == 0  # no siblings at all
+
+
 def test_generated_adapters_are_averaged_by_default_and_trained_ones_summed(tmp_path):
     from hyperprag.evaluate import merged_adapters
     from hyperprag.exact import ExactEncoder

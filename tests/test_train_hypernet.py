@@ -214,9 +214,11 @@ def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_pat
 
 def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, setup):
     model_dir, data = setup
-    log = launch(tmp_path, model_dir, data, 1, steps=6, out="run", weights="{lm: 1.0, kl: 0.0, contrast: 1.0}",
+    log = launch(tmp_path, model_dir, data, 1, steps=6, out="run",
+                 weights="{lm: 1.0, kl: 0.0, contrast: 1.0, sibling: 1.0}",
                  extra="center: true\ncontrast_margin: 0.5\nsnapshot_every: 3\nmerge_k: 3\n")
-    assert all(r["contrast"] >= 0 and "kl" not in r for r in log)
+    assert all(r["contrast"] >= 0 and r["sibling"] >= 0 and "kl" not in r for r in log)
+    assert any(r["sibling"] > 0 for r in log)  # each fact's other answer is a sibling to beat
     from hyperprag.models import load_base_model
 
     model, tok = load_base_model(str(model_dir))

@@ -23,7 +23,9 @@ benchmark does on HotpotQA and PopQA, multi-passage questions included; question
 passages belong to the first ``skip_first_questions`` questions are left out) and
 ``retrieved_contrast`` (each of those questions must be answered better, by ``contrast_margin``
 nats, with its own top passages' adapters than with another question's: a generated adapter that
-teaches an answer's form, yes/no or one of two names, whatever the passage, gains nothing there).
+teaches an answer's form, yes/no or one of two names, whatever the passage, gains nothing there)
+and ``sibling`` (at its first token each answer must beat another answer of the same document by
+``contrast_margin`` nats: binding, where the adapter raises all of its passage's names together).
 ``embedding`` picks the document embedding: ``token-seq`` (one vector per token, looked up for
 each batch) gives the hypernetwork its attention reader, ``copy_tokens`` its copy path, and
 ``context_kernel`` a window of neighbouring tokens mixed into each token before it is read;
@@ -73,7 +75,8 @@ from hyperprag.data import Passage, load_questions, passages_of
 from hyperprag.embeddings import build_source
 from hyperprag.hyper_encoder import RETIRED, HyperEncoder
 from hyperprag.hyper_objectives import (answer_batch, answer_logits, answer_losses, delta_distance, distill_loss, lm_loss,
-                                        passage_batch, qa_batches, stacked_factors)
+                                        passage_batch, qa_batches, sibling_first_tokens, sibling_margin,
+                                        stacked_factors)
 from hyperprag.inject import lora_hooks
 from hyperprag.models import load_base_model
 from hyperprag.prompts import build_prompt
@@ -111,7 +114,7 @@ def _yaml(text: str, where: str):
         sys.exit(f"{where}{f':{mark.line + 1}' if mark else ''}: not valid YAML ({getattr(err, 'problem', None) or err})")
 
 
-OBJECTIVES = ("lm", "kl", "recon", "contrast", "doc", "retrieved", "retrieved_contrast")
+OBJECTIVES = ("lm", "kl", "recon", "contrast", "doc", "retrieved", "retrieved_contrast", "sibling")
 AT_LEAST_ONE = ("steps", "docs_per_step", "qa_per_doc", "save_every", "log_every", "top_k", "rank", "hidden")
 
 
@@ -442,7 +445,7 @@ def main() -> None:
         ret_sets = torch.tensor([[at[r] for r in top] + [-1] * (cfg["top_k"] - len(top)) for top, _, _ in picked],
                                 dtype=torch.long, device=accelerator.device)
         out_f = hypernet(embed(idx + drawn + ret_rows))
-        rows, docs, questions, answers = [], [], [], []
+        rows, docs, questions, answers, siblings = [], [], [], [], []
         for r, i in enumerate(idx):
             doc, qa = train_docs[i]
             for q, a in rng.sample(qa, min(cfg["qa_per_doc"], len(qa))):
@@ -450,6 +453,7 @@ def main() -> None:
                 docs.append(doc)
                 questions.append(q)
                 answers.append(a)
+                siblings.append([o for _, o in qa if o.strip() != a.strip()])
         student, teacher = qa_batches(tokenizer, docs, questions, answers)
         # Each question is answered with the sum of its own document's adapter and those of k - 1
         # others of the batch (k drawn in 1..merge_k), as top-k retrieval will merge them: a part
@@ -457,12 +461,15 @@ def main() -> None:
         k = rng.randint(1, min(cfg["merge_k"], len(idx)))
         others = [rng.sample([j for j in range(len(idx)) if j != r], len(idx) - 1) for r in rows]
         own_sets = torch.tensor([[r, *o[: k - 1]] for r, o in zip(rows, others)], device=accelerator.device)
-        if any(weights.get(w) for w in ("lm", "kl", "contrast")):  # a doc-only run needs no answers
+        if any(weights.get(w) for w in ("lm", "kl", "contrast", "sibling")):  # a doc-only run needs no answers
             with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_sets), scaling=scaling):
                 s_logits = answer_logits(model, student)
         losses, scored = {}, {"lm": student}  # scored: each answer loss's batch, for the paired log
         if weights.get("lm"):
             losses["lm"] = lm_loss(s_logits, student, cfg["first_token_weight"])
+        if weights.get("sibling"):
+            sib = sibling_first_tokens(tokenizer, answers, siblings, rng)
+            losses["sibling"] = sibling_margin(s_logits, student, sib, cfg["contrast_margin"])
         if drawn:
             own_only = torch.arange(len(idx), len(idx) + len(drawn), device=accelerator.device).unsqueeze(1)
             scored["doc"] = passage_batch(tokenizer, [pool[i] for i in drawn], cfg["doc_words"])
