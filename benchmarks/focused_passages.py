@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a hyperprag command after --")
     if args.sentences < 1:
         parser.error("--sentences must be at least 1")
-    modes = command[command.index("--modes") + 1:] if "--modes" in command else ["rag"]  # bench's default has rag
+    flag = next((f for f in ("--modes", "--mode") if f in command), None)  # bench's, eval's
+    modes = command[command.index(flag) + 1:] if flag else ["rag"]  # bench's default modes include rag
     if any(m in ("rag", "prag-combine", "hyper-combine") for m in modes):
         parser.error("run with modes without passages in the prompt (closed, hyper): the gap is to whole passages")
     evaluate_module.retrieve_all = focused_retrieve_all(args.sentences)

@@ -45,7 +45,8 @@ def test_retrieval_is_cut_per_question(monkeypatch):
 
 
 @pytest.mark.parametrize("command", [["bench", "--data", "x.jsonl"],
-                                     ["bench", "--data", "x.jsonl", "--modes", "closed", "rag"]])
+                                     ["bench", "--data", "x.jsonl", "--modes", "closed", "rag"],
+                                     ["eval", "--data", "x.jsonl", "--mode", "hyper-combine"]])
 def test_modes_that_read_passages_are_refused(command, capsys):
     with pytest.raises(SystemExit) as exc:
         focused_passages.main(["--", *command])
