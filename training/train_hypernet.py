@@ -453,7 +453,7 @@ def main() -> None:
                 docs.append(doc)
                 questions.append(q)
                 answers.append(a)
-                siblings.append([o for _, o in qa if o.strip() != a.strip()])
+                siblings.append([o for _, o in qa])  # its own answer drops out by first token
         student, teacher = qa_batches(tokenizer, docs, questions, answers)
         # Each question is answered with the sum of its own document's adapter and those of k - 1
         # others of the batch (k drawn in 1..merge_k), as top-k retrieval will merge them: a part
