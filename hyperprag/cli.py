@@ -202,27 +202,36 @@ def _store(args):
     return AdapterStore(args.store or cache_dir() / "store")
 
 
-def _adapters(args, model, tokenizer, retrieved, encoder_name: str):
-    from .encoders import build_encoder
+def _adapters(args, retrieved, encoder):
     from .evaluate import merged_adapters
 
-    encoder = build_encoder(encoder_name, model, tokenizer, args)
     return merged_adapters(retrieved, _store(args), encoder, args.merge, progress=not args.quiet)
+
+
+def _check_out_file(path: str | None) -> None:
+    """Refuse an --out that cannot be written before the run, not after it, with every answer lost."""
+    if path and Path(path).is_dir():
+        raise HyperpragError(f"--out {path} is a directory; give a file name for the results JSON")
 
 
 def cmd_eval(args) -> int:
     from .diagnostics import mean_pairwise_cosine, wrong_document
+    from .encoders import build_encoder
     from .evaluate import evaluate, get_mode
     from .models import load_base_model
 
     mode = get_mode(args.mode)
     if args.wrong_doc and not mode.adapters:
         raise HyperpragError("--wrong-doc only applies to the parametric modes")
+    _check_out_file(args.out)
     examples = _questions_after_skip(args.data, args.skip)[: args.limit]
     corpus = read_corpus(args.corpus) if args.corpus else None
-    retrieved = _retrieve(args, examples, corpus)
+    # closed-book reads no passages, so it needs neither candidates nor --corpus
+    retrieved = _retrieve(args, examples, corpus) if mode.name != "closed" else [[] for _ in examples]
     model, tokenizer = load_base_model(args.model)
-    adapters = _adapters(args, model, tokenizer, retrieved, mode.encoder) if mode.adapters else None
+    adapters = None
+    if mode.adapters:
+        adapters = _adapters(args, retrieved, build_encoder(mode.encoder, model, tokenizer, args))
     if args.wrong_doc:
         adapters = wrong_document(adapters)
     result = evaluate(model, tokenizer, examples, args.mode, retrieved, args.batch_size,
@@ -340,8 +349,9 @@ def _launched() -> bool:
 
 
 def cmd_demo(args) -> int:
+    from .adapter import AdapterMismatchError
+    from .encoders import build_encoder, exact_config
     from .evaluate import evaluate, get_mode
-    from .encoders import exact_config
     from .hyper_encoder import DEFAULT_CHECKPOINT
     from .models import load_base_model
 
@@ -355,16 +365,26 @@ def cmd_demo(args) -> int:
         # Strong enough for a 270M model to absorb a fact (PRAG's 3e-4 x 1 epoch barely moves it);
         # printed below, and --lr, --epochs or --recipe converged override it.
         args.lr, args.epochs = args.lr or 1e-3, args.epochs or 3
+    # The hypernetwork is loaded before the minutes of exact training, so a checkpoint that does not
+    # fit the model is found at once: an explicit --checkpoint stops the demo, the shipped one is skipped.
+    hyper = None
+    if args.checkpoint or DEFAULT_CHECKPOINT.exists():
+        try:
+            hyper = build_encoder("hyper", model, tokenizer, args)
+        except AdapterMismatchError as err:
+            if args.checkpoint:
+                raise
+            print(f"The shipped hypernetwork does not fit this model ({err}): skipping the hyper modes.")
+    else:
+        print(f"No hypernetwork checkpoint at {DEFAULT_CHECKPOINT}: skipping the hyper modes.")
     lora = exact_config(args)
     print(f"Encoding the documents into adapters with the exact encoder (lr {lora.lr:g}, {lora.epochs} "
           f"epochs, batch {lora.batch_size}; cached in the store after the first run)...")
-    adapters = {"exact": _adapters(args, model, tokenizer, retrieved, "exact")}
+    adapters = {"exact": _adapters(args, retrieved, build_encoder("exact", model, tokenizer, args))}
     modes = ["closed", "rag", "prag", "prag-combine"]
-    if args.checkpoint or DEFAULT_CHECKPOINT.exists():
-        adapters["hyper"] = _adapters(args, model, tokenizer, retrieved, "hyper")
+    if hyper is not None:
+        adapters["hyper"] = _adapters(args, retrieved, hyper)
         modes += ["hyper", "hyper-combine"]
-    else:
-        print(f"No hypernetwork checkpoint at {DEFAULT_CHECKPOINT}: skipping the hyper modes.")
     results = {}
     for name in modes:
         encoder = get_mode(name).encoder
@@ -400,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except (DataError, HyperpragError, ValueError) as err:
+        print(f"hyperprag: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an --out or --store that cannot be written: the reason, not a traceback
         print(f"hyperprag: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -40,11 +40,20 @@ class QAExample:
     dataset: str | None = None
 
 
-def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, or one line naming it when it cannot be read (missing, a directory, no access)."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(path, None, "is a directory, not a JSONL file") from None
+    except OSError as err:
+        raise DataError(path, None, f"cannot read: {err.strerror}") from None
+
+
+def _iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    raw = _read_bytes(path)
     for lineno, line in enumerate(raw.split(b"\n"), 1):
         if not line.strip():
             continue
@@ -122,10 +131,9 @@ def read_corpus(path: str | Path) -> list[Passage]:
 
 
 def _load_json(path: Path) -> object:
+    raw = _read_bytes(path)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise DataError(path, None, f"not valid UTF-8 (byte {err.start})") from None
     except json.JSONDecodeError as err:

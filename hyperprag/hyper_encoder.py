@@ -27,6 +27,32 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "g
 RETIRED = "checkpoints retired from checkpoints/ are restored from the git history, as checkpoints/README.md says"
 
 
+CONFIG_KEYS = ("base_model", "embedding_source", "hypernet", "targets")
+
+
+def _read_config(root: Path) -> dict:
+    """A checkpoint's config.json, refused in one line when it is not a hypernetwork's (for example a
+    base model directory passed as --checkpoint)."""
+    try:
+        config = json.loads((root / "config.json").read_text())
+    except FileNotFoundError:
+        raise HyperpragError(f"{root} is not a hypernetwork checkpoint (no config.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HyperpragError(f"{root}/config.json is not valid JSON ({err})") from None
+    missing = [k for k in CONFIG_KEYS if k not in config] if isinstance(config, dict) else list(CONFIG_KEYS)
+    if missing:
+        raise HyperpragError(f"{root} is not a hypernetwork checkpoint (config.json lacks {', '.join(missing)})")
+    return config
+
+
+def _first_difference(have: list, want: list) -> tuple[str, str]:
+    """The first target where a checkpoint and a model disagree, for the mismatch message."""
+    for h, w in zip(have, want):
+        if h != w:
+            return str(h), str(w)
+    return f"{len(have)} modules", f"{len(want)} modules"
+
+
 class HyperEncoder(DocumentEncoder):
     name = "hyper"
     version = "1"
@@ -102,10 +128,7 @@ class HyperEncoder(DocumentEncoder):
         root = Path(ckpt_dir) if ckpt_dir is not None else DEFAULT_CHECKPOINT
         if not root.exists():
             raise HyperpragError(f"{root} does not exist ({RETIRED})")
-        try:
-            config = json.loads((root / "config.json").read_text())
-        except FileNotFoundError:
-            raise HyperpragError(f"{root} is not a hypernetwork checkpoint (no config.json)") from None
+        config = _read_config(root)
         name = model_id(model)
         if config["base_model"] != name:
             raise AdapterMismatchError(
@@ -113,15 +136,23 @@ class HyperEncoder(DocumentEncoder):
         targets = find_ffn_targets(model)
         want = [[t.name, t.layer, t.role, t.in_features, t.out_features] for t in targets]
         if config["targets"] != want:
-            raise AdapterMismatchError(f"hypernetwork {root} targets other FFN shapes than '{name}' has")
+            have, need = _first_difference(config["targets"], want)
+            raise AdapterMismatchError(f"hypernetwork {root} targets other FFN modules than '{name}' has: "
+                                       f"checkpoint {have}, model {need}")
         source = source or build_source(config["embedding_source"], model, tokenizer)
         if source.id != config["embedding_source"]:
             raise AdapterMismatchError(
                 f"hypernetwork {root} was trained on embeddings '{config['embedding_source']}', not '{source.id}'")
         hcfg = config["hypernet"]
         hcfg["roles"] = {r: tuple(s) for r, s in hcfg["roles"].items()}
-        hypernet = HyperNetwork(HyperNetConfig(**hcfg))
-        hypernet.load_state_dict(load_file(str(root / "model.safetensors")))
+        try:
+            hypernet = HyperNetwork(HyperNetConfig(**hcfg))
+        except TypeError as err:  # a key this version does not know: a newer hyperprag wrote it
+            raise HyperpragError(f"{root}/config.json: {err}; was it written by a newer hyperprag?") from None
+        weights = root / "model.safetensors"
+        if not weights.exists():
+            raise HyperpragError(f"{root} has a config.json but no model.safetensors")
+        hypernet.load_state_dict(load_file(str(weights)))
         return cls(hypernet, source, name, targets)
 
     @classmethod

@@ -49,6 +49,11 @@ def test_missing_and_empty_files(tmp_path):
         read_qa_jsonl(_write(tmp_path, "e.jsonl", [""]))
 
 
+def test_a_directory_given_as_data_is_one_line(tmp_path):
+    with pytest.raises(DataError, match="is a directory, not a JSONL file"):
+        read_qa_jsonl(tmp_path)
+
+
 def test_corpus_ids_default_to_line(tmp_path):
     path = _write(tmp_path, "c.jsonl", [json.dumps({"id": "p1", "title": "A", "text": "a"}),
                                         json.dumps({"title": "B", "text": "b"})])

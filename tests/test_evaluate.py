@@ -83,6 +83,27 @@ def test_cli_eval_writes_result_json(tmp_path, tokenizer, capsys):
     assert [r["id"] for r in json.loads(out.read_text())["predictions"]] == [EXAMPLES[1].id]
 
 
+def test_cli_eval_refuses_an_out_directory_before_any_work(tmp_path, capsys):
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": "q", "answers": ["a"], "passages": []}) + "\n")
+    # no model at --model: the refusal must come before it would be loaded
+    assert main(["eval", "--data", str(data), "--mode", "closed", "--model", str(tmp_path / "none"),
+                 "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a directory" in capsys.readouterr().err
+
+
+def test_cli_closed_book_needs_no_passages_nor_corpus(tmp_path, tokenizer, capsys):
+    model_dir = tmp_path / "tiny"
+    tiny_model("gpt2").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": "Who rows the Glass Regatta?", "answers": ["Ennisar crews"],
+                                "passages": []}) + "\n")
+    assert main(["eval", "--data", str(data), "--mode", "closed", "--model", str(model_dir),
+                 "--max-new-tokens", "2", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().endswith("n=1")
+
+
 def test_cli_help_explains_options(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])

@@ -135,8 +135,20 @@ def test_loading_on_other_shapes_is_refused(tmp_path):
                                                          num_attention_heads=4, num_key_value_heads=2,
                                                          vocab_size=100))
     wider.hyperprag_model_id = "tiny-llama"
-    with pytest.raises(AdapterMismatchError, match="other FFN shapes"):
+    with pytest.raises(AdapterMismatchError, match=r"other FFN modules than 'tiny-llama' has: checkpoint .* model .*96"):
         HyperEncoder.from_pretrained(tmp_path, wider, source=HashSource())
+
+
+def test_a_directory_that_is_no_checkpoint_is_refused_in_one_line(tmp_path):
+    from hyperprag.errors import HyperpragError
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": 32}')  # a model's config
+    with pytest.raises(HyperpragError, match="not a hypernetwork checkpoint .*lacks base_model"):
+        HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=HashSource())
+    HyperEncoder.create(tiny_model(), HashSource(), hidden=32).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(HyperpragError, match="has a config.json but no model.safetensors"):
+        HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=HashSource())
 
 
 def test_embedding_sources_real_minilm_and_hidden_states(tokenizer):
