@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .adapter import DocAdapter, content_hash
-from .data import Passage, QAExample
+from .data import Passage, QAExample, passages_of
 from .diagnostics import mean_off_diagonal, similarity_matrix, specificity, wrong_document
 from .encoder import DocumentEncoder
 from .evaluate import MODES, evaluate, get_mode, merged_adapters, summarize
@@ -209,12 +209,12 @@ def _wrong_document(model, tokenizer, ds, ds_key, entry, merged, encoders, merge
     same passages in the prompt, no adapter), so an adapter that only teaches answer format (short
     answers, no copied passage header) shows up as a lift that the wrong document keeps."""
     out = {}
-    if len(ds.passages) < 2:
-        return out
     for name in ("prag", "hyper", "prag-combine", "hyper-combine"):
         mode = get_mode(name)
         baseline = "rag" if mode.passages_in_prompt else "closed"
         if name not in entry["modes"] or baseline not in entry["modes"]:
+            continue
+        if len({a.doc_hash for a in merged[mode.encoder]}) < 2:  # one retrieval for every question
             continue
         wrong = wrong_document(merged[mode.encoder])
         key = fingerprint(ds_key, name, "wrong-document", encoders[mode.encoder].key, merges[mode.encoder],
@@ -241,19 +241,36 @@ def _similarity(ds: Dataset, encoders, store: AdapterStore, n_docs: int) -> dict
 
 
 def training_overlap(checkpoint: Path, ds: Dataset) -> int | None:
-    """How many of the dataset's passages the hypernetwork may have been trained on: those of a
-    training data file that are not in the checkpoint's held-aside list. None if unknown."""
+    """How many of the dataset's passages the hypernetwork may have been trained on, by its training
+    config: of a ``data`` file (questions with their paragraphs), those not in the held-aside list;
+    of a ``passages``, ``retrieved`` or ``augmented`` file, those of its questions past
+    ``skip_first_questions``. Files match by name. Only the last run's config is read, not those of
+    the checkpoints it started from. None if the checkpoint (or the run directory above it) has no
+    training config or held-aside list."""
     import yaml
 
-    cfg_path, held_path = checkpoint / "training_config.yaml", checkpoint / "heldout_hashes.json"
-    if not cfg_path.exists() or not held_path.exists():
+    def find(name: str) -> Path | None:  # a run's final/ keeps these beside it in older runs
+        return next((d / name for d in (checkpoint, checkpoint.parent) if (d / name).exists()), None)
+
+    cfg_path, held_path = find("training_config.yaml"), find("heldout_hashes.json")
+    if cfg_path is None or held_path is None:
         return None
-    data = yaml.safe_load(cfg_path.read_text()).get("data") or []
-    data = [data] if isinstance(data, str) else data
-    if Path(ds.path).name not in {Path(d).name for d in data}:
-        return 0
-    held = set(json.loads(held_path.read_text()))
-    return sum(content_hash(p.text) not in held for p in ds.passages)
+    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+
+    def names(key: str) -> set[str]:
+        files = cfg.get(key) or []
+        return {Path(f).name for f in ([files] if isinstance(files, str) else files)}
+
+    name = Path(ds.path).name
+    hashes = [content_hash(p.text) for p in ds.passages]
+    maybe = set()
+    if name in names("data"):
+        held = set(json.loads(held_path.read_text()))
+        maybe |= {h for h in hashes if h not in held}
+    if name in names("passages") | names("retrieved") | names("augmented"):
+        trained = {content_hash(p.text) for p in passages_of(ds.path, cfg.get("skip_first_questions") or 0)}
+        maybe |= {h for h in hashes if h in trained}
+    return len(maybe)
 
 
 def encoder_cost(model, tokenizer, encoders: dict[str, DocumentEncoder], passages: Sequence[Passage],

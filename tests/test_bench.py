@@ -1,6 +1,7 @@
 """`hyperprag bench` end to end on a tiny model: every figure and file is there, all modes share the
 questions and passages, and a killed run resumes without redoing finished work."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,64 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"hyperprag {hyperprag.__version__}"
+
+
+def test_bench_with_one_question_skips_the_wrong_document_ablation(setup):
+    """One question, so one merged adapter (of its top-2 passages): there is no other question's
+    adapter to swap in, so the ablation is left out instead of stopping the run before results.json
+    is written."""
+    tmp_path, args = setup
+    i = args.index("--data")
+    args = args[:i + 2] + args[i + 3:]  # alpha only
+    args += ["--limit", "1", "--top-k", "2", "--modes", "closed", "hyper", "--cost-docs", "0", "--latency-queries", "0",
+             "--throughput-queries", "0", "--similarity-docs", "0", "--out", str(tmp_path / "one")]
+    assert main(args) == 0
+    ds = json.loads((tmp_path / "one" / "results.json").read_text())["datasets"]["alpha"]
+    assert ds["modes"]["hyper"]["n"] == 1 and not ds.get("wrong_document")
+
+
+def test_demo_checks_the_hypernetwork_before_training_exact_adapters(tmp_path, tokenizer, monkeypatch, capsys):
+    """The shipped checkpoint is Gemma's: on another model the demo says so and skips the hyper modes
+    before the minutes of exact training; an explicit --checkpoint that does not fit stops it."""
+    import hyperprag.cli as cli
+
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
+    model_dir = tiny_model_dir(tmp_path, tokenizer)
+    trained = []
+
+    def no_training(args, retrieved, encoder):
+        trained.append(encoder.name)
+        raise KeyboardInterrupt  # stop the demo at its first encoding
+
+    monkeypatch.setattr(cli, "_adapters", no_training)
+    assert main(["demo", "--model", str(model_dir), "--quiet"]) == 130
+    assert "shipped hypernetwork does not fit this model" in capsys.readouterr().out and trained == ["exact"]
+    trained.clear()
+    gemma = Path(__file__).resolve().parents[1] / "checkpoints" / "gemma-3-270m-token-seq-r128-tied-aug"
+    assert main(["demo", "--model", str(model_dir), "--checkpoint", str(gemma), "--quiet"]) == 2
+    assert "trained for base model 'gemma-3-270m'" in capsys.readouterr().err and trained == []
+
+
+def test_training_overlap_counts_every_training_file_list(tmp_path):
+    from hyperprag.adapter import content_hash
+    from hyperprag.bench import Dataset, training_overlap
+    from hyperprag.data import load_questions
+
+    def dataset(path):
+        examples = load_questions(path)
+        return Dataset(path.stem, str(path), examples, [ex.passages[:1] for ex in examples])
+
+    squad, hotpot, other = (_write(tmp_path / f"{n}.jsonl", typed=False) for n in ("squad", "hotpot", "other"))
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    assert training_overlap(run / "final", dataset(squad)) is None  # nothing says what it trained on
+    (run / "training_config.yaml").write_text(
+        "data: [../shared/data/squad.jsonl]\nretrieved: [../shared/data/hotpot.jsonl]\nskip_first_questions: 1\n")
+    held = [content_hash(FACTS[0][2]), content_hash(FACTS[1][2])]
+    (run / "heldout_hashes.json").write_text(json.dumps(held))
+    # an older run keeps both files beside final/; the held-aside paragraphs of a data file are safe
+    assert training_overlap(run / "final", dataset(squad)) == len(FACTS) - 2
+    # a retrieved file's passages past its first question may have been trained on (not only the
+    # data files, as before session 25)
+    assert training_overlap(run / "final", dataset(hotpot)) == len(FACTS) - 1
+    assert training_overlap(run / "final", dataset(other)) == 0

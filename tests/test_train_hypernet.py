@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import SpaceFirst, tiny_config
 from hyperprag.hyper_encoder import HyperEncoder
@@ -98,7 +99,10 @@ def test_time_budget_ends_an_annealed_run_on_every_process_and_counts_across_res
     state = json.loads((tmp_path / "run" / "state" / "step.json").read_text())
     assert log[-1]["step"] == state["step"] < 100_000 and state["seconds"] >= 6
     assert log[-1]["lr"] < 0.1 * 3.0e-2 < log[len(log) // 3]["lr"]  # the cosine followed the clock
-    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+    final = tmp_path / "run" / "final"
+    assert (final / "model.safetensors").exists()
+    assert yaml.safe_load((final / "training_config.yaml").read_text())["max_minutes"] == 0.1
+    assert (final / "heldout_hashes.json").read_text() == (tmp_path / "run" / "heldout_hashes.json").read_text()
     again = launch(tmp_path, model_dir, data, 2, steps=100_000, out="run", extra="max_minutes: 0.1\n")
     assert again == log  # the budget was spent: a relaunch trains no further
 

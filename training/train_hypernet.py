@@ -390,14 +390,21 @@ def main() -> None:
         return lr
 
     def save_encoder(path: Path) -> None:
-        """A loadable checkpoint of the current weights; training goes on with the live copy."""
+        """A loadable checkpoint of the current weights; training goes on with the live copy. It
+        carries its config and held-aside list, so that a benchmark can tell which of its passages
+        the checkpoint may have been trained on wherever the checkpoint is copied."""
         if accelerator.is_main_process:
             snapshot = HyperEncoder(copy.deepcopy(accelerator.unwrap_model(hypernet)).eval(), source,
                                     encoder.base_model, encoder.targets)
             if cfg["center"]:
                 snapshot.hypernet.set_center(embed(list(range(s, min(s + 256, len(pool)))))
                                              for s in range(0, len(pool), 256))
-            snapshot.save_pretrained(path)
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "training_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            for name in ("heldout_hashes.json", "augmented_hashes.json"):
+                if (out / name).exists():
+                    shutil.copy(out / name, path / name)
+            snapshot.save_pretrained(path)  # config.json last: it marks a whole checkpoint
             log(f"saved {path}")
 
     def save_state() -> None:
