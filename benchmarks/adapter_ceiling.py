@@ -40,7 +40,6 @@ import torch
 from tqdm.auto import tqdm
 
 from hyperprag.adapter import DocAdapter, content_hash
-from hyperprag.augment import Augmenter
 from hyperprag.data import QAExample, load_questions, spread_questions
 from hyperprag.diagnostics import (answer_loss, first_word, fit_adapter, similarity_matrix, specificity,
                                    wrong_document)
