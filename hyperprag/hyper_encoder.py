@@ -126,6 +126,10 @@ class HyperEncoder(DocumentEncoder):
                         source: EmbeddingSource | None = None) -> HyperEncoder:
         """Load a checkpoint for ``model``; ``None`` is the shipped default checkpoint."""
         root = Path(ckpt_dir) if ckpt_dir is not None else DEFAULT_CHECKPOINT
+        if ckpt_dir is None and not root.exists():
+            raise HyperpragError(f"the shipped checkpoint is not at {root}: it lives in the repository's "
+                                 f"checkpoints/, which only an editable install (pip install -e .) sees; "
+                                 f"pass --checkpoint")
         if not root.exists():
             raise HyperpragError(f"{root} does not exist ({RETIRED})")
         config = _read_config(root)

@@ -601,3 +601,14 @@ def test_a_missing_or_incomplete_checkpoint_says_which_and_where_retired_ones_we
         HyperEncoder.from_pretrained(tmp_path / "gone", tiny_model(), source=HashSource())
     with pytest.raises(HyperpragError, match="not a hypernetwork checkpoint"):
         HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=HashSource())
+
+
+def test_a_missing_shipped_checkpoint_says_where_it_lives(tmp_path, monkeypatch):
+    import hyperprag.hyper_encoder as he
+    from hyperprag.errors import HyperpragError
+
+    monkeypatch.setattr(he, "DEFAULT_CHECKPOINT", tmp_path / "gone")
+    with pytest.raises(HyperpragError, match="only an editable install .* sees; pass --checkpoint"):
+        HyperEncoder.from_pretrained(None, tiny_model(), source=HashSource())
+    with pytest.raises(HyperpragError, match="does not exist"):
+        HyperEncoder.from_pretrained(tmp_path / "other", tiny_model(), source=HashSource())
