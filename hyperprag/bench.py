@@ -19,8 +19,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapter import DocAdapter, content_hash
 from .data import Passage, QAExample, passages_of
@@ -104,8 +108,8 @@ def _read_records(path: Path) -> list[dict]:
     return records
 
 
-def answer_all(model, tokenizer, ds: Dataset, mode: str, adapters: Sequence[DocAdapter] | None,
-               path: Path, settings: BenchSettings, label: str) -> list[dict]:
+def answer_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ds: Dataset, mode: str,
+               adapters: Sequence[DocAdapter] | None, path: Path, settings: BenchSettings, label: str) -> list[dict]:
     """Answer every question of ``ds`` in ``mode``, appending each batch's answers to ``path`` so a
     killed run continues after the last finished batch."""
     records = _read_records(path)
@@ -134,8 +138,8 @@ def answer_all(model, tokenizer, ds: Dataset, mode: str, adapters: Sequence[DocA
     return records
 
 
-def run_bench(model, tokenizer, datasets: Sequence[Dataset], encoders: dict[str, DocumentEncoder],
-              store: AdapterStore, out: Path, settings: BenchSettings,
+def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datasets: Sequence[Dataset],
+              encoders: dict[str, DocumentEncoder], store: AdapterStore, out: Path, settings: BenchSettings,
               hyper_checkpoint: Path | None = None) -> dict:
     """Run everything, write ``results.json``, ``report.md`` and the plots into ``out``; return the results."""
     from .plots import write_plots
@@ -273,8 +277,8 @@ def training_overlap(checkpoint: Path, ds: Dataset) -> int | None:
     return len(maybe)
 
 
-def encoder_cost(model, tokenizer, encoders: dict[str, DocumentEncoder], passages: Sequence[Passage],
-                 settings: BenchSettings) -> dict:
+def encoder_cost(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoders: dict[str, DocumentEncoder],
+                 passages: Sequence[Passage], settings: BenchSettings) -> dict:
     """Seconds to parameterise one document. Exact: augmentation from a cold cache and training,
     per document, median over ``cost_docs`` documents. Hyper: batch 1 and batch 64 (per document),
     split into embedding and hypernetwork, medians over ``repeats``."""
@@ -332,8 +336,9 @@ def hyper_cost(hyper, docs: Sequence[Passage], repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def query_latency(model, tokenizer, ds: Dataset, merged: dict[str, list[DocAdapter]], encoders,
-                  modes, hyper_merge: str | None, settings: BenchSettings) -> dict:
+def query_latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ds: Dataset,
+                  merged: dict[str, list[DocAdapter]], encoders, modes, hyper_merge: str | None,
+                  settings: BenchSettings) -> dict:
     """Seconds per single query (batch 1, 8 new tokens, no early stop so every mode writes the same
     length), interleaved across modes, median over questions x repeats. ``hyper+encode`` also
     generates and merges the passages' adapters per query, the cost of never storing them."""
@@ -363,8 +368,8 @@ def query_latency(model, tokenizer, ds: Dataset, merged: dict[str, list[DocAdapt
     return out
 
 
-def batch_throughput(model, tokenizer, ds: Dataset, merged: dict[str, list[DocAdapter]],
-                     settings: BenchSettings) -> dict:
+def batch_throughput(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ds: Dataset,
+                     merged: dict[str, list[DocAdapter]], settings: BenchSettings) -> dict:
     """Questions per second for one batch of queries, each with its own merged adapter, against
     the same batch with no adapter (closed-book prompts, 8 new tokens each), interleaved."""
     n = min(settings.throughput_queries, len(ds.examples))

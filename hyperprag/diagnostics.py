@@ -10,8 +10,12 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapter import DocAdapter
 from .data import Passage, QAExample
@@ -84,8 +88,8 @@ def specificity(f1_closed: float, f1_right: float, f1_wrong: float) -> dict[str,
 
 
 @torch.inference_mode()
-def answer_loss(model, tokenizer, examples: Sequence[QAExample], adapters: Sequence[DocAdapter | None],
-                in_context: bool = False) -> float:
+def answer_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[QAExample],
+                adapters: Sequence[DocAdapter | None], in_context: bool = False) -> float:
     """Mean over questions of the closed-book prompt's loss (nats per token) on the first gold
     answer, each question with its own adapter (None: none).
 
@@ -101,8 +105,8 @@ def answer_loss(model, tokenizer, examples: Sequence[QAExample], adapters: Seque
 
 
 @torch.inference_mode()
-def first_word(model, tokenizer, examples: Sequence[QAExample], adapters: Sequence[DocAdapter | None],
-               in_context: bool = False) -> tuple[float, float]:
+def first_word(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[QAExample],
+               adapters: Sequence[DocAdapter | None], in_context: bool = False) -> tuple[float, float]:
     """(loss in nats, share of questions whose greedy choice is right) on the first answer token
     that is not whitespace, teacher-forced as in :func:`answer_loss`.
 
@@ -124,8 +128,8 @@ def first_word(model, tokenizer, examples: Sequence[QAExample], adapters: Sequen
 
 
 @torch.inference_mode()
-def passage_loss(model, tokenizer, docs: Sequence[Passage], adapters: Sequence[DocAdapter | None],
-                 max_words: int = 64) -> float:
+def passage_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: Sequence[Passage],
+                 adapters: Sequence[DocAdapter | None], max_words: int = 64) -> float:
     """Mean over documents of the loss (nats per token) on each one's own first words after its
     title, with its adapter and without it in the prompt: the doc objective, measured. Does an
     adapter hold its passage, and only its own (compare another document's adapter)?"""
@@ -142,8 +146,8 @@ def _mean_loss(model, batches: Sequence, adapters: Sequence[DocAdapter | None]) 
     return total / len(batches)
 
 
-def fit_adapter(model, student: AnswerBatch, init: dict[str, tuple[torch.Tensor, torch.Tensor]], scaling: float,
-                teacher: AnswerBatch | None = None, steps: Sequence[int] = (60,), lr: float = 1e-3
+def fit_adapter(model: PreTrainedModel, student: AnswerBatch, init: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                scaling: float, teacher: AnswerBatch | None = None, steps: Sequence[int] = (60,), lr: float = 1e-3
                 ) -> dict[int, tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]]:
     """One LoRA optimised by full-batch Adam on one document's answers, from ``init``: at each
     count in ``steps``, its factors and the objective's value at that step. With ``teacher`` (the

@@ -5,9 +5,12 @@ The id is saved with a checkpoint, so a hypernetwork trained on one source refus
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .embedder import DEFAULT_EMBEDDER_ID, load_embedder
 from .models import decoder_layers, model_id
@@ -47,7 +50,8 @@ class HiddenStateEmbedding:
 
     per_token = False
 
-    def __init__(self, model, tokenizer, layers: Sequence[int] | None = None, max_tokens: int = 512):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, layers: Sequence[int] | None = None,
+                 max_tokens: int = 512):
         self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
         n = model.config.num_hidden_layers
         self.layers = list(layers) if layers is not None else [n // 2, n]
@@ -81,7 +85,7 @@ class TokenEmbedding:
 
     per_token = False
 
-    def __init__(self, model, tokenizer, max_tokens: int = 512):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 512):
         self.table, self.tokenizer, self.max_tokens = model.get_input_embeddings(), tokenizer, max_tokens
         self.id = f"tokens:{model_id(model)}"
         self.dim = model.config.hidden_size
@@ -112,7 +116,7 @@ class TokenSequence(TokenEmbedding):
 
     per_token = True
 
-    def __init__(self, model, tokenizer, max_tokens: int = 256):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 256):
         super().__init__(model, tokenizer, max_tokens)
         self.id = f"token-seq:{model_id(model)}"
 
@@ -146,7 +150,8 @@ class HiddenSequence(TokenSequence):
     needs is read but not returned); padding rows are zeros.
     """
 
-    def __init__(self, model, tokenizer, layer: int | None = None, max_tokens: int = 256):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, layer: int | None = None,
+                 max_tokens: int = 256):
         super().__init__(model, tokenizer, max_tokens)
         self.model = model
         self.layer = layer if layer is not None else model.config.num_hidden_layers // 3
@@ -201,7 +206,8 @@ class HiddenAndWords(HiddenSequence):
     Separates two things ``hidden-seq`` mixes up: reading tokens in context, and writing words.
     """
 
-    def __init__(self, model, tokenizer, layer: int | None = None, max_tokens: int = 256):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, layer: int | None = None,
+                 max_tokens: int = 256):
         super().__init__(model, tokenizer, layer, max_tokens)
         self.id = f"hidden-seq+words:{model_id(model)}:{self.layer}"
         self.dim = 2 * model.config.hidden_size
@@ -222,7 +228,8 @@ class HiddenKeyValue(HiddenAndWords):
 
     before = True
 
-    def __init__(self, model, tokenizer, layer: int | None = None, max_tokens: int = 256):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, layer: int | None = None,
+                 max_tokens: int = 256):
         super().__init__(model, tokenizer, layer, max_tokens)
         self.id = f"hidden-kv:{model_id(model)}:{self.layer}"
 
@@ -233,7 +240,8 @@ class TokenKeyValue(TokenSequence):
     as ``token-seq`` (a cumulative sum more); in 80-step probes its extra lift was not about the
     passage (benchmarks/hyper_ablation.md, session 11)."""
 
-    def __init__(self, model, tokenizer, window: int | None = None, max_tokens: int = 256):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, window: int | None = None,
+                 max_tokens: int = 256):
         super().__init__(model, tokenizer, max_tokens)
         self.window = window or 4
         if self.window < 1:
@@ -257,7 +265,8 @@ def _join(*parts: torch.Tensor) -> torch.Tensor:
     return torch.cat([p / p.square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12) for p in parts], dim=-1)
 
 
-def build_source(spec: str, model=None, tokenizer=None) -> EmbeddingSource:
+def build_source(spec: str, model: PreTrainedModel | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> EmbeddingSource:
     """``sentence`` / ``sentence:PATH``, ``hidden`` / ``hidden:MODEL:L1,L2``, ``tokens`` /
     ``tokens:MODEL``, ``token-seq`` / ``token-seq:MODEL``, ``hidden-seq`` / ``hidden-seq:MODEL:L``,
     ``hidden-seq+words`` / ``hidden-seq+words:MODEL:L``, ``hidden-kv`` / ``hidden-kv:MODEL:L`` or

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .augment import GENERATION_DTYPES, AugmentConfig
 from .cli_types import at_least
@@ -49,7 +53,8 @@ def exact_config(args: argparse.Namespace) -> LoraTrainConfig:
     return replace(RECIPES[args.recipe], bf16=args.bf16, **{k: v for k, v in given.items() if v is not None})
 
 
-def build_encoder(name: str, model, tokenizer, args: argparse.Namespace) -> DocumentEncoder:
+def build_encoder(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                  args: argparse.Namespace) -> DocumentEncoder:
     if name == "exact":
         lora = exact_config(args)
         return ExactEncoder(model, tokenizer, lora, AugmentConfig(n_rewrites=args.n_rewrites, n_qa=args.n_qa,

@@ -8,8 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapter import DocAdapter, content_hash
 from .data import Passage, QAExample
@@ -57,7 +61,7 @@ def retrieve_all(examples: Sequence[QAExample], top_k: int, corpus_index: Passag
     return [retrieve(ex, top_k, corpus_index, method, embedder) for ex in examples]
 
 
-def evaluate(model, tokenizer, examples: Sequence[QAExample], mode: str,
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[QAExample], mode: str,
              retrieved: Sequence[Sequence[Passage]], batch_size: int = 8, max_new_tokens: int = 32,
              progress: bool = True, adapters: Sequence[DocAdapter] | None = None) -> dict:
     """Answer every question in ``mode`` and score it. Returns the JSON-ready result.

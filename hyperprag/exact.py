@@ -14,9 +14,13 @@ import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapter import DocAdapter, content_hash
 from .augment import AugmentConfig, Augmentation, Augmenter
@@ -80,7 +84,7 @@ class ExactEncoder(DocumentEncoder):
     name = "exact"
     version = ENCODER_VERSION
 
-    def __init__(self, model, tokenizer, lora: LoraTrainConfig | None = None,
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, lora: LoraTrainConfig | None = None,
                  augment: AugmentConfig | None = None, augmenter: Augmenter | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.lora = lora or LoraTrainConfig()

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .prompts import extract_answer
 
@@ -12,7 +16,7 @@ from .prompts import extract_answer
 class StopAfter(StoppingCriteria):
     """Per-row stop once the row has written ``stop`` after some text (a newline ends an answer line)."""
 
-    def __init__(self, tokenizer, prompt_len: int, stop: str):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_len: int, stop: str):
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.stop = stop
@@ -23,8 +27,8 @@ class StopAfter(StoppingCriteria):
 
 
 @torch.inference_mode()
-def generate_completions(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
-                         stop: str = "\n", temperature: float = 0.0, seed: int | None = None,
+def generate_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                         max_new_tokens: int = 32, stop: str = "\n", temperature: float = 0.0, seed: int | None = None,
                          logits_processor: LogitsProcessorList | None = None) -> list[str]:
     """Completions of one batch of prompts, decoded without the prompt; greedy unless ``temperature``.
     ``logits_processor`` reshapes the scores before each pick (benchmarks try other decodings with it)."""
@@ -48,5 +52,6 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], max_new_token
     return tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
 
 
-def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32) -> list[str]:
+def generate_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                     max_new_tokens: int = 32) -> list[str]:
     return [extract_answer(c) for c in generate_completions(model, tokenizer, prompts, max_new_tokens)]

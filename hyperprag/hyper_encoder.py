@@ -11,9 +11,13 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .adapter import AdapterMismatchError, DocAdapter, content_hash
 from .data import Passage
@@ -122,7 +126,8 @@ class HyperEncoder(DocumentEncoder):
         return out
 
     @classmethod
-    def from_pretrained(cls, ckpt_dir: str | Path | None, model, tokenizer=None,
+    def from_pretrained(cls, ckpt_dir: str | Path | None, model: PreTrainedModel,
+                        tokenizer: PreTrainedTokenizerBase | None = None,
                         source: EmbeddingSource | None = None) -> HyperEncoder:
         """Load a checkpoint for ``model``; ``None`` is the shipped default checkpoint."""
         root = Path(ckpt_dir) if ckpt_dir is not None else DEFAULT_CHECKPOINT
@@ -160,7 +165,7 @@ class HyperEncoder(DocumentEncoder):
         return cls(hypernet, source, name, targets)
 
     @classmethod
-    def create(cls, model, source: EmbeddingSource, **hyper_kw) -> HyperEncoder:
+    def create(cls, model: PreTrainedModel, source: EmbeddingSource, **hyper_kw) -> HyperEncoder:
         """A freshly initialised hypernetwork for ``model`` (to be trained); a per-token source gets
         the attention reader."""
         targets = find_ffn_targets(model)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import Passage
 from .models import head_logits
@@ -65,7 +69,7 @@ class AnswerBatch:
     first: torch.Tensor       # (n_answer_tokens,) bool: its answer's first token that is not whitespace
 
 
-def answer_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> AnswerBatch:
+def answer_batch(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str]) -> AnswerBatch:
     """Prompt and answer are tokenised apart and joined, so the teacher's and the student's answer
     tokens are identical whatever their prompts."""
     seqs, rows, positions, targets, first = [], [], [], [], []
@@ -90,7 +94,7 @@ def answer_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str]) -> A
                        torch.tensor(first, dtype=torch.bool))
 
 
-def answer_logits(model, batch: AnswerBatch) -> torch.Tensor:
+def answer_logits(model: PreTrainedModel, batch: AnswerBatch) -> torch.Tensor:
     """(n_answer_tokens, vocab) logits at the answer positions.
 
     The LM head is applied to those positions only: with Gemma's 262k vocabulary, full logits for
@@ -102,14 +106,15 @@ def answer_logits(model, batch: AnswerBatch) -> torch.Tensor:
     return head_logits(model, hidden[batch.rows.to(device), batch.positions.to(device)])
 
 
-def qa_batches(tokenizer, docs: Sequence[Passage], questions: Sequence[str], answers: Sequence[str]):
+def qa_batches(tokenizer: PreTrainedTokenizerBase, docs: Sequence[Passage], questions: Sequence[str],
+               answers: Sequence[str]) -> tuple[AnswerBatch, AnswerBatch]:
     """Student (closed-book prompt) and teacher (document in the prompt) batches for the same answers."""
     student = answer_batch(tokenizer, [build_prompt(q) for q in questions], answers)
     teacher = answer_batch(tokenizer, [build_prompt(q, [d]) for q, d in zip(questions, docs)], answers)
     return student, teacher
 
 
-def passage_batch(tokenizer, docs: Sequence[Passage], max_words: int = 96) -> AnswerBatch:
+def passage_batch(tokenizer: PreTrainedTokenizerBase, docs: Sequence[Passage], max_words: int = 96) -> AnswerBatch:
     """Each document's own text as the target after only its title: the adapter must hold the
     passage, as the exact recipe's rewrites teach it to. It needs no questions, so any corpus trains it."""
     return answer_batch(tokenizer, [f"{d.title}:" if d.title else "" for d in docs],
@@ -135,7 +140,8 @@ def answer_losses(student_logits: torch.Tensor, batch: AnswerBatch) -> torch.Ten
     return ce.new_zeros(n).index_add(0, rows, ce) / torch.bincount(rows, minlength=n).to(ce.dtype)
 
 
-def sibling_first_tokens(tokenizer, answers: Sequence[str], siblings: Sequence[Sequence[str]], rng) -> torch.Tensor:
+def sibling_first_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str],
+                         siblings: Sequence[Sequence[str]], rng) -> torch.Tensor:
     """(n_answers,) the first token of one other answer of the same document, drawn by ``rng``
     among those whose first token differs from the answer's own, or -1 where none does. Tokenised
     as ``answer_batch`` tokenises answers, so the two first tokens are read at the same position."""

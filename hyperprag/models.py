@@ -50,7 +50,7 @@ _TOKENIZER_PROBE_IDS = [2, 14977, 236787, 10603, 563, 506, 25171, 3657, 14088, 2
                         2787, 5442, 236772, 5909, 236761]
 
 
-def check_default_tokenizer(tokenizer) -> None:
+def check_default_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
     """Refuse a default-model tokenizer that splits text unlike the one the model was trained with.
 
     A wrong tokenizer raises no error of its own: the model just reads garbage, and adapters or

@@ -9,8 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 from .adapter import DocAdapter
 from .errors import HyperpragError
@@ -39,7 +43,7 @@ def export_peft(adapter: DocAdapter, out_dir: str | Path, base_model_path: str |
     return out
 
 
-def import_peft(peft_dir: str | Path, model) -> DocAdapter:
+def import_peft(peft_dir: str | Path, model: PreTrainedModel) -> DocAdapter:
     """A PEFT LoRA directory on FFN modules of ``model`` as a DocAdapter (encoder ``peft``)."""
     root = Path(peft_dir)
     try:
