@@ -93,6 +93,18 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     assert not (run / "state.tmp").exists() and not (run / "state" / "junk.bin").exists()
 
 
+def test_bf16_autocast_trains_and_keeps_fp32_weights(tmp_path, setup):
+    from safetensors.torch import load_file
+
+    model_dir, data = setup
+    log = launch(tmp_path, model_dir, data, 1, steps=30, out="run", extra="mixed_precision: bf16\n")
+    assert "mixed precision: bf16" in (tmp_path / "stdout.txt").read_text()
+    first, last = (sum(r["lm"] for r in part) / 3 for part in (log[:3], log[-3:]))
+    assert last < first * 0.9, (first, last)
+    weights = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
 def test_time_budget_ends_an_annealed_run_on_every_process_and_counts_across_resumes(tmp_path, setup):
     model_dir, data = setup
     log = launch(tmp_path, model_dir, data, 2, steps=100_000, out="run", extra="max_minutes: 0.1\n")
@@ -289,6 +301,8 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     ("docs_per_step: 4\nmerge_k: 4\nweights: {lm: 1.0, contrast: 1.0}\n", "merge_k must be >= 1 and docs_per_step >= 5"),
     ("max_minutes: 0\n", "max_minutes must be a positive number of minutes"),
     ("first_token_weight: 0\n", "first_token_weight must be positive"),
+    ("mixed_precision: fp8\n", "mixed_precision must be no or bf16, got 'fp8'"),
+    ("mixed_precision: yes\n", "mixed_precision must be no or bf16, got True"),
     ("augmented: [x.jsonl]\n", "augmented files need augment_cache"),
     ("passages: [x.jsonl]\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
     ("weights: {lm: 1.0, doc: 1.0}\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),

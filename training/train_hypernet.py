@@ -48,6 +48,10 @@ way while the word stays wrong.
 ``max_minutes`` bounds the run's wall-clock time (resumes included), for a machine lent for a
 fixed time: the run then ends at ``steps`` or at the budget, whichever comes first, and the
 learning rate's cosine follows whichever is nearer its end, so a cut run still ends annealed.
+``mixed_precision: bf16`` runs each step's forward passes under bf16 autocast (weights, optimiser
+and checkpoints stay fp32): 1.2x the steps a minute on this project's 2-core CPU with bf16 support
+(``benchmarks/train_step_dtype.py``), and the usual choice on a GPU. Unset, the launcher's
+``--mixed_precision`` decides (``no`` by default).
 """
 from __future__ import annotations
 
@@ -94,7 +98,7 @@ DEFAULTS = {
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64,
     "retrieved": [], "retrieved_per_step": 0, "top_k": 3, "skip_first_questions": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
-    "first_token_weight": 1.0,
+    "first_token_weight": 1.0, "mixed_precision": None,
 }
 
 
@@ -167,6 +171,10 @@ def load_config(path: str, overrides: list[str]) -> dict:
     needed = cfg["merge_k"] + bool(cfg["weights"].get("contrast"))  # contrast needs k documents besides the own
     if cfg["merge_k"] < 1 or cfg["docs_per_step"] < needed:
         sys.exit(f"{path}: merge_k must be >= 1 and docs_per_step >= {needed} (merge_k, plus 1 with contrast)")
+    if cfg["mixed_precision"] is False:  # YAML reads a bare no as false
+        cfg["mixed_precision"] = "no"
+    if cfg["mixed_precision"] not in (None, "no", "bf16"):  # None: the launcher's --mixed_precision
+        sys.exit(f"{path}: mixed_precision must be no or bf16, got {cfg['mixed_precision']!r}")
     if cfg["max_minutes"] is not None and not cfg["max_minutes"] > 0:
         sys.exit(f"{path}: max_minutes must be a positive number of minutes (or null: no time limit)")
     if not cfg["first_token_weight"] > 0:
@@ -292,7 +300,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=10 out=runs/x")
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg["mixed_precision"])
     set_seed(cfg["seed"])
     out = Path(cfg["out"])
     log = accelerator.print
@@ -325,7 +333,8 @@ def main() -> None:
         retrieved.append(([pool_row[content_hash(p.text)] for p in top], question, answer))
     if cfg["retrieved"]:
         log(f"retrieved: {len(retrieved)} questions with their top {cfg['top_k']} passages")
-    log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}) on {accelerator.device}")
+    log(f"processes: {accelerator.num_processes} ({accelerator.distributed_type}) on {accelerator.device}, "
+        f"mixed precision: {accelerator.mixed_precision}")
     log(f"documents: {len(train_docs)} train, {len(heldout)} held aside; embedding {source.id}")
     # Pooled embeddings of the whole pool are computed once (every source batches internally);
     # per-token ones would not fit in memory, and are looked up for each batch instead.
@@ -451,77 +460,80 @@ def main() -> None:
         at = {r: len(idx) + len(drawn) + n for n, r in enumerate(ret_rows)}
         ret_sets = torch.tensor([[at[r] for r in top] + [-1] * (cfg["top_k"] - len(top)) for top, _, _ in picked],
                                 dtype=torch.long, device=accelerator.device)
-        out_f = hypernet(embed(idx + drawn + ret_rows))
-        rows, docs, questions, answers, siblings = [], [], [], [], []
-        for r, i in enumerate(idx):
-            doc, qa = train_docs[i]
-            for q, a in rng.sample(qa, min(cfg["qa_per_doc"], len(qa))):
-                rows.append(r)
-                docs.append(doc)
-                questions.append(q)
-                answers.append(a)
-                siblings.append([o for _, o in qa])  # its own answer drops out by first token
-        student, teacher = qa_batches(tokenizer, docs, questions, answers)
-        # Each question is answered with the sum of its own document's adapter and those of k - 1
-        # others of the batch (k drawn in 1..merge_k), as top-k retrieval will merge them: a part
-        # every document shares is then added k times, so it cannot be what answers the question.
-        k = rng.randint(1, min(cfg["merge_k"], len(idx)))
-        others = [rng.sample([j for j in range(len(idx)) if j != r], len(idx) - 1) for r in rows]
-        own_sets = torch.tensor([[r, *o[: k - 1]] for r, o in zip(rows, others)], device=accelerator.device)
-        if any(weights.get(w) for w in ("lm", "kl", "contrast", "sibling")):  # a doc-only run needs no answers
-            with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_sets), scaling=scaling):
-                s_logits = answer_logits(model, student)
-        losses, scored = {}, {"lm": student}  # scored: each answer loss's batch, for the paired log
-        if weights.get("lm"):
-            losses["lm"] = lm_loss(s_logits, student, cfg["first_token_weight"])
-        if weights.get("sibling"):
-            sib = sibling_first_tokens(tokenizer, answers, siblings, rng)
-            losses["sibling"] = sibling_margin(s_logits, student, sib, cfg["contrast_margin"])
-        if drawn:
-            own_only = torch.arange(len(idx), len(idx) + len(drawn), device=accelerator.device).unsqueeze(1)
-            scored["doc"] = passage_batch(tokenizer, [pool[i] for i in drawn], cfg["doc_words"])
-            with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_only), scaling=scaling):
-                losses["doc"] = lm_loss(answer_logits(model, scored["doc"]), scored["doc"])
-        if picked:
-            scored["retrieved"] = answer_batch(tokenizer, [build_prompt(q) for _, q, _ in picked], [a for *_, a in picked])
-            with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets, HyperEncoder.merge), scaling=scaling):
-                r_logits = answer_logits(model, scored["retrieved"])
-            losses["retrieved"] = lm_loss(r_logits, scored["retrieved"], cfg["first_token_weight"])
-            if weights.get("retrieved_contrast") and len(picked) > 1:
-                # Each question's wrong set is the next drawn question's passages: an answer form
-                # that any passage teaches (yes/no on 2Wiki) cannot win the margin.
-                with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets.roll(1, 0), HyperEncoder.merge),
-                                scaling=scaling):
-                    wrong = answer_losses(answer_logits(model, scored["retrieved"]), scored["retrieved"])
-                own = answer_losses(r_logits, scored["retrieved"])
-                losses["retrieved_contrast"] = torch.relu(cfg["contrast_margin"] + own - wrong).mean()
-        if weights.get("kl"):
-            with torch.no_grad():
-                t_logits = answer_logits(model, teacher)
-            losses["kl"] = distill_loss(s_logits, t_logits)
-        if weights.get("contrast") and len(idx) > k:
-            # Specificity as an objective: each question must be answered better with its own
-            # document's adapter (in its set of k) than with k other documents', by a margin (a
-            # hinge, so wrong adapters are not pushed to wreck the model).
-            wrong_sets = torch.tensor([o[:k] for o in others], device=accelerator.device)
-            with lora_hooks(model, stacked_factors(out_f, encoder.targets, wrong_sets), scaling=scaling):
-                w_lm = lm_loss(answer_logits(model, student), student)
-            own = losses["lm"] if "lm" in losses else lm_loss(s_logits, student)
-            losses["contrast"] = torch.relu(cfg["contrast_margin"] + own - w_lm)
-        if recon_store is not None:
-            dists = []
+        # bf16 autocast (mixed_precision: bf16) covers the frozen base model too, whose passes are
+        # most of a step; the weights stay fp32.
+        with accelerator.autocast():
+            out_f = hypernet(embed(idx + drawn + ret_rows))
+            rows, docs, questions, answers, siblings = [], [], [], [], []
             for r, i in enumerate(idx):
-                exact = recon_store.get(content_hash(train_docs[i][0].text), cfg["recon_encoder_key"],
-                                        encoder.base_model)
-                if exact is None:
-                    continue
-                for t in encoder.targets:
-                    a2, b2 = (x.to(accelerator.device) for x in exact.factors[t.name])
-                    dists.append(delta_distance(out_f[t.role][0][r, t.layer], out_f[t.role][1][r, t.layer],
-                                                scaling, a2, b2, exact.scaling))
-            if dists:
-                losses["recon"] = torch.stack(dists).mean()
-        loss = sum(weights[k] * v for k, v in losses.items())
+                doc, qa = train_docs[i]
+                for q, a in rng.sample(qa, min(cfg["qa_per_doc"], len(qa))):
+                    rows.append(r)
+                    docs.append(doc)
+                    questions.append(q)
+                    answers.append(a)
+                    siblings.append([o for _, o in qa])  # its own answer drops out by first token
+            student, teacher = qa_batches(tokenizer, docs, questions, answers)
+            # Each question is answered with the sum of its own document's adapter and those of k - 1
+            # others of the batch (k drawn in 1..merge_k), as top-k retrieval will merge them: a part
+            # every document shares is then added k times, so it cannot be what answers the question.
+            k = rng.randint(1, min(cfg["merge_k"], len(idx)))
+            others = [rng.sample([j for j in range(len(idx)) if j != r], len(idx) - 1) for r in rows]
+            own_sets = torch.tensor([[r, *o[: k - 1]] for r, o in zip(rows, others)], device=accelerator.device)
+            if any(weights.get(w) for w in ("lm", "kl", "contrast", "sibling")):  # a doc-only run needs no answers
+                with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_sets), scaling=scaling):
+                    s_logits = answer_logits(model, student)
+            losses, scored = {}, {"lm": student}  # scored: each answer loss's batch, for the paired log
+            if weights.get("lm"):
+                losses["lm"] = lm_loss(s_logits, student, cfg["first_token_weight"])
+            if weights.get("sibling"):
+                sib = sibling_first_tokens(tokenizer, answers, siblings, rng)
+                losses["sibling"] = sibling_margin(s_logits, student, sib, cfg["contrast_margin"])
+            if drawn:
+                own_only = torch.arange(len(idx), len(idx) + len(drawn), device=accelerator.device).unsqueeze(1)
+                scored["doc"] = passage_batch(tokenizer, [pool[i] for i in drawn], cfg["doc_words"])
+                with lora_hooks(model, stacked_factors(out_f, encoder.targets, own_only), scaling=scaling):
+                    losses["doc"] = lm_loss(answer_logits(model, scored["doc"]), scored["doc"])
+            if picked:
+                scored["retrieved"] = answer_batch(tokenizer, [build_prompt(q) for _, q, _ in picked], [a for *_, a in picked])
+                with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets, HyperEncoder.merge), scaling=scaling):
+                    r_logits = answer_logits(model, scored["retrieved"])
+                losses["retrieved"] = lm_loss(r_logits, scored["retrieved"], cfg["first_token_weight"])
+                if weights.get("retrieved_contrast") and len(picked) > 1:
+                    # Each question's wrong set is the next drawn question's passages: an answer form
+                    # that any passage teaches (yes/no on 2Wiki) cannot win the margin.
+                    with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets.roll(1, 0), HyperEncoder.merge),
+                                    scaling=scaling):
+                        wrong = answer_losses(answer_logits(model, scored["retrieved"]), scored["retrieved"])
+                    own = answer_losses(r_logits, scored["retrieved"])
+                    losses["retrieved_contrast"] = torch.relu(cfg["contrast_margin"] + own - wrong).mean()
+            if weights.get("kl"):
+                with torch.no_grad():
+                    t_logits = answer_logits(model, teacher)
+                losses["kl"] = distill_loss(s_logits, t_logits)
+            if weights.get("contrast") and len(idx) > k:
+                # Specificity as an objective: each question must be answered better with its own
+                # document's adapter (in its set of k) than with k other documents', by a margin (a
+                # hinge, so wrong adapters are not pushed to wreck the model).
+                wrong_sets = torch.tensor([o[:k] for o in others], device=accelerator.device)
+                with lora_hooks(model, stacked_factors(out_f, encoder.targets, wrong_sets), scaling=scaling):
+                    w_lm = lm_loss(answer_logits(model, student), student)
+                own = losses["lm"] if "lm" in losses else lm_loss(s_logits, student)
+                losses["contrast"] = torch.relu(cfg["contrast_margin"] + own - w_lm)
+            if recon_store is not None:
+                dists = []
+                for r, i in enumerate(idx):
+                    exact = recon_store.get(content_hash(train_docs[i][0].text), cfg["recon_encoder_key"],
+                                            encoder.base_model)
+                    if exact is None:
+                        continue
+                    for t in encoder.targets:
+                        a2, b2 = (x.to(accelerator.device) for x in exact.factors[t.name])
+                        dists.append(delta_distance(out_f[t.role][0][r, t.layer], out_f[t.role][1][r, t.layer],
+                                                    scaling, a2, b2, exact.scaling))
+                if dists:
+                    losses["recon"] = torch.stack(dists).mean()
+            loss = sum(weights[k] * v for k, v in losses.items())
         for k, v in [("loss", loss), *losses.items()]:
             running[k] = running.get(k, 0.0) + v.item()
         paired = {}
