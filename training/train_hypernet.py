@@ -49,7 +49,7 @@ way while the word stays wrong.
 fixed time: the run then ends at ``steps`` or at the budget, whichever comes first, and the
 learning rate's cosine follows whichever is nearer its end, so a cut run still ends annealed.
 ``mixed_precision: bf16`` runs each step's forward passes under bf16 autocast (weights, optimiser
-and checkpoints stay fp32): 1.2x the steps a minute on this project's 2-core CPU with bf16 support
+and checkpoints stay fp32): 1.1-1.2x the steps a minute on this project's 2-core CPU
 (``benchmarks/train_step_dtype.py``), and the usual choice on a GPU. Unset, the launcher's
 ``--mixed_precision`` decides (``no`` by default).
 """
