@@ -214,6 +214,27 @@ def _check_out_file(path: str | None) -> None:
         raise HyperpragError(f"--out {path} is a directory; give a file name for the results JSON")
 
 
+def _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, adapters) -> dict:
+    """evaluate()'s result, with each batch's answers appended to a file beside --out as it is
+    written, so a killed run resumes after its last finished batch (bench's machinery). The file is
+    named by everything the answers depend on, so a changed run never reuses another's answers."""
+    from .adapter import content_hash
+    from .bench import BenchSettings, Dataset, answer_all, fingerprint
+    from .evaluate import summarize
+    from .models import model_id
+
+    key = fingerprint(model_id(model), args.mode, args.max_new_tokens, encoder.key if encoder else None,
+                      [ex.id for ex in examples], [[content_hash(p.text) for p in ps] for ps in retrieved],
+                      [a.doc_hash for a in adapters] if adapters else None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    answers = out.with_name(f"{out.name}.answers-{key}.jsonl")
+    settings = BenchSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
+    records = answer_all(model, tokenizer, Dataset(Path(args.data).stem, str(args.data), examples, retrieved),
+                         args.mode, adapters, answers, settings, f"eval {args.mode}")
+    return {"mode": args.mode, **summarize(records), "predictions": records, "answers_file": answers}
+
+
 def cmd_eval(args) -> int:
     from .diagnostics import mean_pairwise_cosine, wrong_document
     from .encoders import build_encoder
@@ -229,19 +250,22 @@ def cmd_eval(args) -> int:
     # closed-book reads no passages, so it needs neither candidates nor --corpus
     retrieved = _retrieve(args, examples, corpus) if mode.name != "closed" else [[] for _ in examples]
     model, tokenizer = load_base_model(args.model)
-    adapters = None
-    if mode.adapters:
-        adapters = _adapters(args, retrieved, build_encoder(mode.encoder, model, tokenizer, args))
+    encoder = build_encoder(mode.encoder, model, tokenizer, args) if mode.adapters else None
+    adapters = _adapters(args, retrieved, encoder) if encoder else None
     if args.wrong_doc:
         adapters = wrong_document(adapters)
-    result = evaluate(model, tokenizer, examples, args.mode, retrieved, args.batch_size,
-                      args.max_new_tokens, progress=not args.quiet, adapters=adapters)
+    if args.out:
+        result = _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, adapters)
+    else:
+        result = evaluate(model, tokenizer, examples, args.mode, retrieved, args.batch_size,
+                          args.max_new_tokens, progress=not args.quiet, adapters=adapters)
     if adapters is not None and len({a.doc_hash for a in adapters[:50]}) > 1:
         result["adapter_mean_cosine"] = mean_pairwise_cosine(adapters[:50])
     result["config"] = vars(args)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        answers = result.pop("answers_file")
         Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        answers.unlink()  # the results hold every answer now
     if "adapter_mean_cosine" in result:
         print(f"adapter mean pairwise cosine (first 50 questions): {result['adapter_mean_cosine']:.3f}")
     print(f"EM={result['em']:.4f} F1={result['f1']:.4f} n={result['n']}")

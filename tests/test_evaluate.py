@@ -104,6 +104,38 @@ def test_cli_closed_book_needs_no_passages_nor_corpus(tmp_path, tokenizer, capsy
     assert capsys.readouterr().out.strip().endswith("n=1")
 
 
+def test_cli_eval_resumes_after_a_kill_without_answering_twice(tmp_path, tokenizer, monkeypatch):
+    import hyperprag.bench as bench
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("gpt2").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "q.jsonl"
+    data.write_text("\n".join(json.dumps({"id": e.id, "question": e.question, "answers": e.answers,
+                                          "passages": [{"title": p.title, "text": p.text} for p in e.passages]})
+                              for e in EXAMPLES))
+    out = tmp_path / "res.json"
+    args = ["eval", "--data", str(data), "--mode", "rag", "--model", str(model_dir), "--batch-size", "1",
+            "--max-new-tokens", "3", "--out", str(out), "--quiet"]
+    answered, real = [], bench.evaluate
+
+    def dies_on_the_second_batch(*a, **kw):
+        if len(answered) == 1:
+            raise KeyboardInterrupt
+        answered.append(a[2][0].id)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(bench, "evaluate", dies_on_the_second_batch)
+    assert main(args) == 130 and not out.exists()
+    assert answered == [EXAMPLES[0].id] and len(list(tmp_path.glob("res.json.answers-*.jsonl"))) == 1
+    monkeypatch.setattr(bench, "evaluate", lambda *a, **kw: (answered.append(a[2][0].id), real(*a, **kw))[1])
+    assert main(args) == 0
+    assert answered == [e.id for e in EXAMPLES]  # the first question was not answered again
+    result = json.loads(out.read_text())
+    assert [p["id"] for p in result["predictions"]] == [e.id for e in EXAMPLES] and result["n"] == len(EXAMPLES)
+    assert not list(tmp_path.glob("res.json.answers-*.jsonl"))
+
+
 def test_cli_help_explains_options(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
