@@ -60,7 +60,8 @@ def test_cli_requires_corpus_when_questions_have_no_passages(tmp_path, capsys):
     assert "pass --corpus" in capsys.readouterr().err
 
 
-def test_cli_eval_writes_result_json(tmp_path, tokenizer, capsys):
+def _tiny_model_and_questions(tmp_path, tokenizer):
+    """A tiny GPT-2 saved as a model directory, and EXAMPLES as a question file."""
     model_dir = tmp_path / "tiny"
     tiny_model("gpt2").save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -68,6 +69,11 @@ def test_cli_eval_writes_result_json(tmp_path, tokenizer, capsys):
     data.write_text("\n".join(json.dumps({"id": e.id, "question": e.question, "answers": e.answers,
                                           "passages": [{"title": p.title, "text": p.text} for p in e.passages]})
                               for e in EXAMPLES))
+    return model_dir, data
+
+
+def test_cli_eval_writes_result_json(tmp_path, tokenizer, capsys):
+    model_dir, data = _tiny_model_and_questions(tmp_path, tokenizer)
     out = tmp_path / "res.json"
     rc = main(["eval", "--data", str(data), "--mode", "rag", "--model", str(model_dir), "--limit", "2",
                "--max-new-tokens", "3", "--out", str(out), "--quiet"])
@@ -107,13 +113,7 @@ def test_cli_closed_book_needs_no_passages_nor_corpus(tmp_path, tokenizer, capsy
 def test_cli_eval_resumes_after_a_kill_without_answering_twice(tmp_path, tokenizer, monkeypatch):
     import hyperprag.bench as bench
 
-    model_dir = tmp_path / "tiny"
-    tiny_model("gpt2").save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    data = tmp_path / "q.jsonl"
-    data.write_text("\n".join(json.dumps({"id": e.id, "question": e.question, "answers": e.answers,
-                                          "passages": [{"title": p.title, "text": p.text} for p in e.passages]})
-                              for e in EXAMPLES))
+    model_dir, data = _tiny_model_and_questions(tmp_path, tokenizer)
     out = tmp_path / "res.json"
     args = ["eval", "--data", str(data), "--mode", "rag", "--model", str(model_dir), "--batch-size", "1",
             "--max-new-tokens", "3", "--out", str(out), "--quiet"]
