@@ -18,23 +18,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-def find_heldout(ckpt: Path) -> Path | None:
-    """A run writes its held-aside list beside ``final/``; a shipped checkpoint holds it inside."""
-    for candidate in (ckpt / "heldout_hashes.json", ckpt.parent / "heldout_hashes.json"):
-        if candidate.exists():
-            return candidate
-    return None
-
+from hyperprag.hyper_encoder import provenance_file
 
 def soup(checkpoints: list[Path], out: Path) -> Path:
     if len(checkpoints) < 2:
         raise SystemExit("give at least two checkpoints to average")
     config = (checkpoints[0] / "config.json").read_text()
-    heldout = find_heldout(checkpoints[0])
+    heldout = provenance_file(checkpoints[0], "heldout_hashes.json")
     for ckpt in checkpoints[1:]:
         if json.loads((ckpt / "config.json").read_text()) != json.loads(config):
             raise SystemExit(f"{ckpt} has another config than {checkpoints[0]}: only one lineage can be averaged")
-        other = find_heldout(ckpt)
+        other = provenance_file(ckpt, "heldout_hashes.json")
         if (heldout is None) != (other is None) or (
                 heldout and json.loads(heldout.read_text()) != json.loads(other.read_text())):
             raise SystemExit(f"{ckpt} held aside other documents than {checkpoints[0]}")

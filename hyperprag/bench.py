@@ -253,10 +253,10 @@ def training_overlap(checkpoint: Path, ds: Dataset) -> int | None:
     training config or held-aside list."""
     import yaml
 
-    def find(name: str) -> Path | None:  # a run's final/ keeps these beside it in older runs
-        return next((d / name for d in (checkpoint, checkpoint.parent) if (d / name).exists()), None)
+    from .hyper_encoder import provenance_file
 
-    cfg_path, held_path = find("training_config.yaml"), find("heldout_hashes.json")
+    cfg_path = provenance_file(checkpoint, "training_config.yaml")
+    held_path = provenance_file(checkpoint, "heldout_hashes.json")
     if cfg_path is None or held_path is None:
         return None
     cfg = yaml.safe_load(cfg_path.read_text()) or {}

@@ -214,9 +214,9 @@ def _check_out_file(path: str | None) -> None:
         raise HyperpragError(f"--out {path} is a directory; give a file name for the results JSON")
 
 
-def _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, adapters) -> dict:
-    """evaluate()'s result, with each batch's answers appended to a file beside --out as it is
-    written, so a killed run resumes after its last finished batch (bench's machinery). The file is
+def _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, adapters) -> tuple[dict, Path]:
+    """evaluate()'s result, and the file beside --out that each batch's answers were appended to as
+    they came, so a killed run resumes after its last finished batch (bench's machinery). The file is
     named by everything the answers depend on, so a changed run never reuses another's answers."""
     from .adapter import content_hash
     from .bench import BenchSettings, Dataset, answer_all, fingerprint
@@ -232,7 +232,7 @@ def _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, ada
     settings = BenchSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=not args.quiet)
     records = answer_all(model, tokenizer, Dataset(Path(args.data).stem, str(args.data), examples, retrieved),
                          args.mode, adapters, answers, settings, f"eval {args.mode}")
-    return {"mode": args.mode, **summarize(records), "predictions": records, "answers_file": answers}
+    return {"mode": args.mode, **summarize(records), "predictions": records}, answers
 
 
 def cmd_eval(args) -> int:
@@ -254,16 +254,16 @@ def cmd_eval(args) -> int:
     adapters = _adapters(args, retrieved, encoder) if encoder else None
     if args.wrong_doc:
         adapters = wrong_document(adapters)
+    answers = None
     if args.out:
-        result = _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, adapters)
+        result, answers = _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, adapters)
     else:
         result = evaluate(model, tokenizer, examples, args.mode, retrieved, args.batch_size,
                           args.max_new_tokens, progress=not args.quiet, adapters=adapters)
     if adapters is not None and len({a.doc_hash for a in adapters[:50]}) > 1:
         result["adapter_mean_cosine"] = mean_pairwise_cosine(adapters[:50])
     result["config"] = vars(args)
-    if args.out:
-        answers = result.pop("answers_file")
+    if answers is not None:
         Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
         answers.unlink()  # the results hold every answer now
     if "adapter_mean_cosine" in result:
@@ -443,10 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                "demo": cmd_demo}[args.command]
     try:
         return handler(args)
-    except (DataError, HyperpragError, ValueError) as err:
-        print(f"hyperprag: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # an --out or --store that cannot be written: the reason, not a traceback
+    except (DataError, HyperpragError, ValueError, OSError) as err:  # OSError: an unwritable --out or --store
         print(f"hyperprag: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

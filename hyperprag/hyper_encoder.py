@@ -31,6 +31,12 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "g
 RETIRED = "checkpoints retired from checkpoints/ are restored from the git history, as checkpoints/README.md says"
 
 
+def provenance_file(checkpoint: Path, name: str) -> Path | None:
+    """A file the training run wrote about a checkpoint (``training_config.yaml``,
+    ``heldout_hashes.json``): inside it, or, for runs before session 25, in the run directory above."""
+    return next((d / name for d in (checkpoint, checkpoint.parent) if (d / name).exists()), None)
+
+
 CONFIG_KEYS = ("base_model", "embedding_source", "hypernet", "targets")
 
 
