@@ -11,7 +11,9 @@ on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never train
   gap* is how much of the way from no adapter to it an adapter goes;
 - the same for the first answer word alone (its loss, and how often greedy decoding would pick it):
   greedy F1 hangs on that word, and the mean loss can fall while it stays wrong;
-- the mean pairwise cosine of the 20 generated deltas (collapse: near 1);
+- the mean pairwise cosine of the 20 generated deltas (collapse: near 1). The 20 paragraphs are all
+  from one article (Super Bowl 50), so this is a within-topic figure: v8 reads 0.43 here and -0.001
+  on unrelated HotpotQA passages (benchmarks/topic_specificity.md);
 - the passage loss of the 20 paragraphs (their first 64 words after the title, not in the prompt)
   with their own adapter and with another's: does an adapter hold its own passage? And on how
   many of the 20 does the own adapter beat the other's?

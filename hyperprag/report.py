@@ -100,10 +100,12 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
                 L.append(f"| {m} | {_f(ds['modes'][m]['f1'])} | {_f(w['f1'])} | {w['lift']:+.3f} "
                          f"({w.get('baseline', 'closed')}) | {_f(w['share_of_lift_lost'], 2)} |")
         if ds.get("similarity"):
-            L += ["", "Mean pairwise cosine of the per-document deltas (first "
-                  f"{len(next(iter(ds['similarity'].values()))['matrix'])} passages; near 1 = one adapter for every "
-                  "document): " + ", ".join(f"{n} {_f(x['mean_pairwise_cosine'])}" for n, x in ds["similarity"].items())
-                  + "."]
+            first = next(iter(ds["similarity"].values()))
+            titles = (f", {first['distinct_titles']} distinct titles: passages on one subject share more"
+                      if "distinct_titles" in first else "")
+            L += ["", f"Mean pairwise cosine of the per-document deltas (first {len(first['matrix'])} passages"
+                  f"{titles}; near 1 = one adapter for every document): "
+                  + ", ".join(f"{n} {_f(x['mean_pairwise_cosine'])}" for n, x in ds["similarity"].items()) + "."]
         L.append("")
 
     cost = results.get("cost_seconds_per_doc", {})

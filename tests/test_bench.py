@@ -63,6 +63,7 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
         for enc in ("exact", "hyper"):
             matrix = ds["similarity"][enc]["matrix"]
             assert len(matrix) == 4 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(4))
+            assert ds["similarity"][enc]["distinct_titles"] == 4  # T0-T3
         # the same passages for every mode, question by question
         answers = {m: [json.loads(line)["passages"] for line in next((out / "work").glob(f"answers-{name}-{m}-*.jsonl"))
                        .read_text().splitlines()] for m in MODES}
@@ -79,6 +80,7 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
     for m in MODES:
         assert f"| {m} |" in report
     assert "merge exact `sum`, hyper `mean`" in report
+    assert "(first 4 passages, 4 distinct titles" in report
     assert "## Cost of parameterising a document" in report and "Wrong-document ablation" in report
     for png in ("f1_per_mode.png", "f1_vs_cost.png", "similarity.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
