@@ -13,8 +13,8 @@ grouped by article:
   only carries the topic keeps it with the same-article one.
 
 A same-article paragraph may hold the answer too (articles repeat their facts), so the exact
-adapters of the same paragraphs (``--exact-store``, reference recipe) are the yardstick: how much
-of *their* lift survives the same swap.
+adapters of the same paragraphs (``--exact-store``, per recipe) are the yardstick: how much of
+*their* lift survives the same swap.
 
 Paragraphs are taken in file order, the first ``--articles`` articles with at least
 ``--paragraphs`` held-out paragraphs, and the first ``--questions`` questions of each: no choice
@@ -22,7 +22,8 @@ is made by results. The chosen paragraphs are written as a corpus for the exact 
 
     .venv/bin/python benchmarks/topic_specificity.py CKPT --out out/topic            # writes paragraphs.jsonl
     .venv/bin/hyperprag encode --encoder exact --docs out/topic/paragraphs.jsonl --store out/topic-exact
-    .venv/bin/python benchmarks/topic_specificity.py CKPT --out out/topic --exact-store out/topic-exact
+    .venv/bin/hyperprag encode --encoder exact --recipe converged --docs out/topic/paragraphs.jsonl --store out/topic-exact-conv
+    .venv/bin/python benchmarks/topic_specificity.py CKPT --out out/topic --exact-store out/topic-exact converged=out/topic-exact-conv
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 from hyperprag.adapter import DocAdapter, content_hash
 from hyperprag.data import Passage, QAExample, load_questions
 from hyperprag.diagnostics import answer_loss, similarity_matrix
-from hyperprag.exact import ExactEncoder
+from hyperprag.exact import RECIPES, ExactEncoder
 from hyperprag.hyper_encoder import HyperEncoder, provenance_file
 from hyperprag.metrics import paired_bootstrap
 from hyperprag.models import load_base_model, model_id
@@ -87,10 +88,12 @@ def cosines(adapters: list[list[DocAdapter]]) -> dict[str, float]:
     return {"within_article": sum(within) / len(within), "across_articles": sum(across) / len(across)}
 
 
-def losses(model, tokenizer, chosen, adapters: list[list[DocAdapter]] | None) -> dict[str, dict[str, float]]:
-    """Per-question answer loss with each swap (or, ``adapters`` None, with no adapter)."""
+def losses(model, tokenizer, chosen, adapters: list[list[DocAdapter]] | None,
+           in_context: bool = False) -> dict[str, dict[str, float]]:
+    """Per-question answer loss with each swap (or, ``adapters`` None, with no adapter, and the
+    paragraph in the prompt if ``in_context``: the lift an adapter as good as the prompt would give)."""
     plan = swaps(len(chosen), len(chosen[0]))
-    names = ("none",) if adapters is None else SWAPS
+    names = (("in_context",) if in_context else ("none",)) if adapters is None else SWAPS
     out: dict[str, dict[str, float]] = {n: {} for n in names}
     jobs = [(n, a, p, ex) for n in names for a, art in enumerate(chosen) for p, (_, exs) in enumerate(art)
             for ex in exs]
@@ -99,7 +102,7 @@ def losses(model, tokenizer, chosen, adapters: list[list[DocAdapter]] | None) ->
         if adapters is not None:
             sa, sp = plan[n][(a, p)]
             adapter = adapters[sa][sp]
-        out[n][ex.id] = answer_loss(model, tokenizer, [ex], [adapter])
+        out[n][ex.id] = answer_loss(model, tokenizer, [ex], [adapter], in_context=in_context)
     return out
 
 
@@ -109,21 +112,48 @@ def summarise(none: dict[str, float], rows: dict[str, dict[str, float]]) -> dict
     lift = {n: paired_bootstrap(base, [rows[n][i] for i in ids]) for n in SWAPS}
     own = lift["own"][0]
     return {"lift": lift,
-            "share_lost": {n: (own - lift[n][0]) / own if own > 0 else float("nan") for n in SWAPS[1:]},
+            # Undefined when the own adapter does not lift the mean (the converged recipe's overfit
+            # adapters): then own_minus, the paired gap, is the figure to read.
+            "share_lost": {n: (own - lift[n][0]) / own if own > 0 else None for n in SWAPS[1:]},
             "own_minus": {n: paired_bootstrap([rows[n][i] for i in ids], [rows["own"][i] for i in ids])
-                          for n in SWAPS[1:]}}
+                          for n in SWAPS[1:]},
+            # A mean can hang on a few questions an overconfident adapter gets badly wrong.
+            "questions_own_below_none": sum(rows["own"][i] < none[i] for i in ids),
+            "by_question": rows}
+
+
+def versus(first: dict, other: dict) -> dict[str, tuple[float, float, float]]:
+    """Paired over questions: how much more of its lift ``first``'s own adapter loses to each swap
+    than ``other``'s does. Two separate intervals that overlap at the edges do not say which is
+    more specific; the paired difference does."""
+    ids = list(first["by_question"]["own"])
+    gap = lambda r, n: [r["by_question"][n][i] - r["by_question"]["own"][i] for i in ids]  # noqa: E731
+    return {n: paired_bootstrap(gap(first, n), gap(other, n)) for n in SWAPS[1:]}
 
 
 def table(results: dict[str, dict]) -> str:
     lines = ["| adapters | cosine within article | across articles | answer lift, own (nats) | same-article "
-             "paragraph's | other article's | share of lift lost, same article | other article |",
-             "|---|---|---|---|---|---|---|---|"]
+             "paragraph's | other article's | share of lift lost, same article | other article "
+             "| own minus same-article (nats) | own minus other article | questions the own adapter helps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ci = lambda t: f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]"  # noqa: E731
     for name, r in results.items():
         lf, sl, c = r["lift"], r["share_lost"], r["cosine"]
-        ci = lambda t: f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]"  # noqa: E731
+        share = lambda x: "n/a (no own lift)" if x is None else f"{x:.0%}"  # noqa: E731
         lines.append(f"| {name} | {c['within_article']:.3f} | {c['across_articles']:.3f} | {ci(lf['own'])} "
-                     f"| {ci(lf['same_article'])} | {ci(lf['other_article'])} | {sl['same_article']:.0%} "
-                     f"| {sl['other_article']:.0%} |")
+                     f"| {ci(lf['same_article'])} | {ci(lf['other_article'])} | {share(sl['same_article'])} "
+                     f"| {share(sl['other_article'])} | {ci(r['own_minus']['same_article'])} "
+                     f"| {ci(r['own_minus']['other_article'])} "
+                     f"| {r['questions_own_below_none']} of {len(r['by_question']['own'])} |")
+    names = list(results)
+    if len(names) > 1:
+        lines += ["", f"Paired over questions, {names[0]} minus each other row (nats; > 0: {names[0]} is "
+                  "the more specific):", "",
+                  "| versus | own minus same-article, difference | own minus other article, difference |",
+                  "|---|---|---|"]
+        for name in names[1:]:
+            v = results[names[0]]["versus"][name]
+            lines.append(f"| {name} | {ci(v['same_article'])} | {ci(v['other_article'])} |")
     return "\n".join(lines)
 
 
@@ -131,8 +161,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path, help="hypernetwork checkpoint directory")
     ap.add_argument("--out", type=Path, required=True, help="directory for paragraphs.jsonl and results.json")
-    ap.add_argument("--exact-store", type=Path, default=None,
-                    help="a store with exact adapters (reference recipe) of OUT/paragraphs.jsonl: adds that row")
+    ap.add_argument("--exact-store", nargs="*", default=[], metavar="[RECIPE=]STORE",
+                    help="stores with exact adapters of OUT/paragraphs.jsonl, each trained with a named recipe "
+                         "(default reference; e.g. converged=out/topic-exact-conv): a row each")
     ap.add_argument("--articles", type=int, default=6)
     ap.add_argument("--paragraphs", type=int, default=4, help="held-out paragraphs per article")
     ap.add_argument("--questions", type=int, default=3, help="questions per paragraph (its first)")
@@ -154,25 +185,33 @@ def main() -> None:
 
     model, tokenizer = load_base_model(None)
     none = losses(model, tokenizer, chosen, None)["none"]
+    in_context = losses(model, tokenizer, chosen, None, in_context=True)["in_context"]
+    print(f"answer loss, mean over questions: no adapter {sum(none.values()) / len(none):.3f} nats, "
+          f"paragraph in the prompt {sum(in_context.values()) / len(in_context):.3f}")
     sets: dict[str, list[list[DocAdapter]]] = {}
     encoder = HyperEncoder.from_pretrained(args.checkpoint, model, tokenizer)
     with torch.inference_mode():
         sets[f"generated ({args.checkpoint.name})"] = [encoder.encode([p for p, _ in art]) for art in chosen]
-    if args.exact_store:
-        store, key = AdapterStore(args.exact_store), ExactEncoder(model, tokenizer).key
+    for spec in args.exact_store:
+        recipe, _, root = spec.rpartition("=")
+        recipe = recipe or "reference"
+        if recipe not in RECIPES:
+            sys.exit(f"{spec}: unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+        store, key = AdapterStore(root), ExactEncoder(model, tokenizer, RECIPES[recipe]).key
         exact = [[store.get(content_hash(p.text), key, model_id(model)) for p, _ in art] for art in chosen]
         missing = sum(x is None for art in exact for x in art)
         if missing:
-            sys.exit(f"{args.exact_store}: {missing} paragraphs lack an exact adapter ({key}); "
-                     f"run hyperprag encode --encoder exact --docs {args.out / 'paragraphs.jsonl'} "
-                     f"--store {args.exact_store}")
-        sets["exact (reference recipe)"] = exact
+            sys.exit(f"{root}: {missing} paragraphs lack an exact adapter ({key}); run hyperprag encode "
+                     f"--encoder exact --recipe {recipe} --docs {args.out / 'paragraphs.jsonl'} --store {root}")
+        sets[f"exact ({recipe} recipe)"] = exact
     results = {}
     for name, adapters in sets.items():
         r = summarise(none, losses(model, tokenizer, chosen, adapters))
         r["cosine"] = cosines(adapters)
         results[name] = r
-    (args.out / "results.json").write_text(json.dumps({"none_by_question": none, **results}, indent=1))
+    first = next(iter(results.values()))
+    first["versus"] = {name: versus(first, r) for name, r in list(results.items())[1:]}
+    (args.out / "results.json").write_text(json.dumps({"none_by_question": none, "in_context_by_question": in_context, **results}, indent=1))
     print(table(results))
 
 

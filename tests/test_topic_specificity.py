@@ -10,7 +10,7 @@ from hyperprag.adapter import content_hash
 from hyperprag.data import Passage, QAExample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from topic_specificity import choose, cosines, summarise, swaps  # noqa: E402
+from topic_specificity import choose, cosines, summarise, swaps, table, versus  # noqa: E402
 
 
 def _questions() -> list[QAExample]:
@@ -59,3 +59,28 @@ def test_summarise_reports_lift_and_the_share_each_swap_loses():
     assert r["lift"]["own"][0] == pytest.approx(2.0)
     assert r["share_lost"] == pytest.approx({"same_article": 0.5, "other_article": 1.0})
     assert r["own_minus"]["other_article"][0] == pytest.approx(2.0)
+    assert r["questions_own_below_none"] == 2
+
+
+def test_share_lost_is_undefined_when_the_own_adapter_lifts_nothing():
+    none = {"q1": 1.0}
+    rows = {"own": {"q1": 2.0}, "same_article": {"q1": 5.0}, "other_article": {"q1": 5.0}}
+    r = summarise(none, rows)
+    assert r["share_lost"] == {"same_article": None, "other_article": None}
+    assert r["own_minus"]["same_article"][0] == pytest.approx(3.0)
+
+
+def test_versus_pairs_the_specific_parts_of_two_encoders_question_by_question():
+    none = {"q1": 4.0, "q2": 4.0}
+    gen = summarise(none, {"own": {"q1": 1.0, "q2": 2.0}, "same_article": {"q1": 3.0, "q2": 3.0},
+                           "other_article": {"q1": 4.0, "q2": 4.0}})
+    exact = summarise(none, {"own": {"q1": 2.0, "q2": 2.0}, "same_article": {"q1": 2.5, "q2": 2.5},
+                             "other_article": {"q1": 2.0, "q2": 2.0}})
+    v = versus(gen, exact)
+    # gen loses (2, 1) to the same-article swap, exact (0.5, 0.5): 1.0 more on average
+    assert v["same_article"][0] == pytest.approx(1.0)
+    assert v["other_article"][0] == pytest.approx(2.5)  # (3, 2) against (0, 0)
+    for r in (gen, exact):
+        r["cosine"] = {"within_article": 0.0, "across_articles": 0.0}
+    gen["versus"] = {"exact": v}
+    assert "| exact | +1.000 [" in table({"gen": gen, "exact": exact})
