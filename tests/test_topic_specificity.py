@@ -10,7 +10,7 @@ from hyperprag.adapter import content_hash
 from hyperprag.data import Passage, QAExample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from topic_specificity import choose, cosines, summarise, swaps, table, versus  # noqa: E402
+from topic_specificity import choose, cosines, losses, summarise, swaps, table, versus  # noqa: E402
 
 
 def _questions() -> list[QAExample]:
@@ -84,3 +84,17 @@ def test_versus_pairs_the_specific_parts_of_two_encoders_question_by_question():
         r["cosine"] = {"within_article": 0.0, "across_articles": 0.0}
     gen["versus"] = {"exact": v}
     assert "| exact | +1.000 [" in table({"gen": gen, "exact": exact})
+
+
+def test_losses_answer_each_question_with_the_swapped_adapter_and_the_paragraph_in_context(tokenizer):
+    model = tiny_model()
+    exs = _questions()
+    chosen = choose(exs, {content_hash(ex.passages[0].text) for ex in exs}, articles=2, paragraphs=2, questions=1)
+    x, y = random_adapter(model, 1), random_adapter(model, 2)
+    rows = losses(model, tokenizer, chosen, [[x, x], [y, y]])  # one adapter per article
+    assert rows["same_article"] == pytest.approx(rows["own"])  # a same-article swap changes nothing
+    assert all(rows["other_article"][i] != pytest.approx(rows["own"][i]) for i in rows["own"])
+    none = losses(model, tokenizer, chosen, None)["none"]
+    in_context = losses(model, tokenizer, chosen, None, in_context=True)["in_context"]
+    assert set(none) == set(in_context) == set(rows["own"])
+    assert all(in_context[i] != pytest.approx(none[i]) for i in none)
