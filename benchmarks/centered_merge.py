@@ -1,0 +1,141 @@
+"""Merging top-k generated adapters: keep the part every document shares once, sum the rest?
+
+Generated deltas share a common part (`benchmarks/topic_specificity.md`), so a plain sum of k
+adapters adds it k times, and the default mean keeps it once but cuts each document's own part to
+1/k. The middle way tried here:
+
+    merged = lam * sum_i delta_i + (1 - k * lam) * c
+
+where ``c`` is the mean generated delta over training paragraphs (rank ``--rank`` SVD per
+module). ``lam = 1/k`` is the mean (``c`` drops out); ``lam = 1`` keeps ``c`` once and sums every
+document's own part at full strength. Measured by answer loss (nats a token, teacher-forced,
+closed-book prompt) on the held-out six-article SQuAD questions of ``topic_specificity.py``, each
+merging the BM25 top-k of those 24 paragraphs, and with another question's top-k:
+
+    .venv/bin/python benchmarks/centered_merge.py checkpoints/gemma-3-270m-token-seq-r128-tied-aug
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from hyperprag.adapter import DocAdapter, content_hash
+from hyperprag.data import Passage, load_questions
+from hyperprag.diagnostics import answer_loss
+from hyperprag.hyper_encoder import HyperEncoder, provenance_file
+from hyperprag.metrics import paired_bootstrap
+from hyperprag.models import load_base_model
+from hyperprag.retrieval import build_index
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from topic_specificity import DATA, choose  # noqa: E402
+
+LAMBDAS = (0.5, 2 / 3, 1.0)
+
+
+def mean_delta(adapters: Sequence[DocAdapter], rank: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per module, the best rank-``rank`` (A, B) of the mean delta (scaling folded into B)."""
+    out = {}
+    for name in adapters[0].factors:
+        a = torch.cat([ad.factors[name][0].float() for ad in adapters], 0)
+        b = torch.cat([ad.factors[name][1].float() * ad.scaling for ad in adapters], 1)
+        u, s, vh = torch.linalg.svd(b @ a / len(adapters), full_matrices=False)
+        out[name] = (vh[:rank].contiguous(), (u[:, :rank] * s[:rank]).contiguous())
+    return out
+
+
+def centred_merge(adapters: Sequence[DocAdapter], lam: float,
+                  common: dict[str, tuple[torch.Tensor, torch.Tensor]] | None) -> DocAdapter:
+    """``lam * sum(deltas) + (1 - k * lam) * common`` in low-rank form (common None: left out)."""
+    k, factors = len(adapters), {}
+    for name in adapters[0].factors:
+        a = [ad.factors[name][0].float() for ad in adapters]
+        b = [ad.factors[name][1].float() * ad.scaling * lam for ad in adapters]
+        if common is not None:
+            a.append(common[name][0])
+            b.append(common[name][1] * (1 - k * lam))
+        factors[name] = (torch.cat(a, 0), torch.cat(b, 1))
+    first = adapters[0]
+    return DocAdapter(factors, 1.0, first.base_model, f"centred-{lam:.3g}", first.encoder_version,
+                      content_hash(" ".join(ad.doc_hash for ad in adapters)))
+
+
+def training_paragraphs(held: set[str], every: int, limit: int) -> list[Passage]:
+    """Every ``every``-th distinct SQuAD paragraph the checkpoint trained on, in file order."""
+    out, seen = [], set()
+    for ex in load_questions(DATA):
+        p = ex.passages[0]
+        h = content_hash(p.text)
+        if h in held or h in seen:
+            continue
+        seen.add(h)
+        if len(seen) % every == 0:
+            out.append(p)
+    return out[:limit]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, help="hypernetwork checkpoint directory")
+    ap.add_argument("--rank", type=int, default=16, help="rank of the common delta c")
+    ap.add_argument("--top-k", type=int, default=3)
+    ap.add_argument("--common-docs", type=int, default=200, help="training paragraphs c is the mean of (at most)")
+    args = ap.parse_args()
+
+    held_file = provenance_file(args.checkpoint, "heldout_hashes.json")
+    if held_file is None:
+        sys.exit(f"{args.checkpoint}: no heldout_hashes.json, so its held-out paragraphs are unknown")
+    held = set(json.loads(held_file.read_text()))
+    chosen = choose(load_questions(DATA), held, 6, 4, 3)
+    model, tokenizer = load_base_model(None)
+    encoder = HyperEncoder.from_pretrained(args.checkpoint, model, tokenizer)
+    train = training_paragraphs(held, 10, args.common_docs)
+    paragraphs = [p for art in chosen for p, _ in art]
+    with torch.inference_mode():
+        common = mean_delta([ad for i in range(0, len(train), 16) for ad in encoder.encode(train[i:i + 16])],
+                            args.rank)
+        adapters = {content_hash(p.text): ad for p, ad in zip(paragraphs, encoder.encode(paragraphs))}
+    print(f"c: mean of {len(train)} training paragraphs ({len({p.title for p in train})} articles), rank {args.rank}")
+
+    index = build_index(paragraphs)
+    questions = [ex for art in chosen for _, exs in art for ex in exs]
+    retrieved = [[adapters[content_hash(p.text)] for p in index.search(ex.question, args.top_k)] for ex in questions]
+    found = sum(content_hash(ex.passages[0].text) in {a.doc_hash for a in r} for ex, r in zip(questions, retrieved))
+    rng = random.Random(0)
+    wrong = []
+    for r in retrieved:  # another question's top-k, not the same set
+        other = rng.choice(retrieved)
+        while {a.doc_hash for a in other} == {a.doc_hash for a in r}:
+            other = rng.choice(retrieved)
+        wrong.append(other)
+
+    def losses(sets, lam, with_common):
+        return [answer_loss(model, tokenizer, [ex], [centred_merge(s, lam, common if with_common else None)])
+                for ex, s in zip(questions, sets)]
+
+    none = [answer_loss(model, tokenizer, [ex], [None]) for ex in questions]
+    ci = lambda t: f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]"  # noqa: E731
+    print(f"{len(questions)} questions, own paragraph in the top {args.top_k} for {found}; "
+          f"no adapter {statistics.mean(none):.3f} nats\n")
+    print("| merge | lift | gain over the mean merge | median lift | lift with another question's top-k |")
+    print("|---|---|---|---|---|")
+    mean = losses(retrieved, 1 / args.top_k, False)
+    rows = [("mean (default)", 1 / args.top_k, False), ("sum", 1.0, False)]
+    rows += [(f"c + {lam:.2f} (sum - {args.top_k}c)", lam, True) for lam in LAMBDAS]
+    for label, lam, with_common in rows:
+        own = mean if label.startswith("mean") else losses(retrieved, lam, with_common)
+        other = losses(wrong, lam, with_common)
+        median = statistics.median(n - o for n, o in zip(none, own))
+        print(f"| {label} | {ci(paired_bootstrap(none, own))} | {ci(paired_bootstrap(mean, own))} | {median:+.3f} "
+              f"| {statistics.mean(none) - statistics.mean(other):+.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
