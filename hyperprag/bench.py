@@ -167,7 +167,10 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
                              [[content_hash(p.text) for p in ps] for ps in ds.retrieved])
         merged[ds.name] = {name: merged_adapters(ds.retrieved, store, enc, merges[name], settings.progress)
                            for name, enc in encoders.items()}
-        entry = {"path": ds.path, "n_questions": len(ds.examples), "n_passages": len(ds.passages), "modes": {}}
+        # Titles: another document of the same subject keeps more of the lift (topic_specificity.md),
+        # so the wrong-document ablation is harder when the passages span few subjects.
+        entry = {"path": ds.path, "n_questions": len(ds.examples), "n_passages": len(ds.passages),
+                 "n_titles": len({p.title for p in ds.passages}), "modes": {}}
         answers = {}
         for mode in modes:
             enc_key = encoders[mode.encoder].key if mode.adapters else None

@@ -79,7 +79,7 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
     L += ["## Quality (EM/F1)", "", headline_table(results), ""]
     for name, ds in results["datasets"].items():
         L += [f"### {name}", "", f"`{ds['path']}`: {ds['n_questions']} questions, {ds['n_passages']} distinct "
-              "retrieved passages."]
+              f"retrieved passages from {ds['n_titles']} titles."]
         if ds.get("hyper_trained_on") is not None:
             L += [f"Passages the hypernetwork may have been trained on: {ds['hyper_trained_on']}."]
         L += ["", "| mode | EM | F1 | s/question (batched) |", "|---|---|---|---|"]

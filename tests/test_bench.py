@@ -81,6 +81,7 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
         assert f"| {m} |" in report
     assert "merge exact `sum`, hyper `mean`" in report
     assert "(first 4 passages, 4 distinct titles" in report
+    assert res["datasets"]["alpha"]["n_titles"] == 4 and "distinct retrieved passages from 4 titles." in report  # top-1
     assert "## Cost of parameterising a document" in report and "Wrong-document ablation" in report
     for png in ("f1_per_mode.png", "f1_vs_cost.png", "similarity.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
