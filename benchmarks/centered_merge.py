@@ -13,6 +13,9 @@ closed-book prompt) on the held-out six-article SQuAD questions of ``topic_speci
 merging the BM25 top-k of those 24 paragraphs, and with another question's top-k:
 
     .venv/bin/python benchmarks/centered_merge.py checkpoints/gemma-3-270m-token-seq-r128-tied-aug
+
+``--data FILE --skip N --limit N`` takes a question file's slice instead, each question merging
+the top-k of its own candidate passages, as ``hyperprag bench`` does without ``--corpus``.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from hyperprag.diagnostics import answer_loss
 from hyperprag.hyper_encoder import HyperEncoder, provenance_file
 from hyperprag.metrics import paired_bootstrap
 from hyperprag.models import load_base_model
-from hyperprag.retrieval import build_index
+from hyperprag.retrieval import build_index, retrieve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from topic_specificity import DATA, choose  # noqa: E402
@@ -87,6 +90,9 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16, help="rank of the common delta c")
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--common-docs", type=int, default=200, help="training paragraphs c is the mean of (at most)")
+    ap.add_argument("--data", type=Path, help="a question file instead of the six-article SQuAD set")
+    ap.add_argument("--skip", type=int, default=0, help="with --data: questions left out first")
+    ap.add_argument("--limit", type=int, default=100, help="with --data: questions taken")
     args = ap.parse_args()
 
     held_file = provenance_file(args.checkpoint, "heldout_hashes.json")
@@ -97,16 +103,22 @@ def main() -> None:
     model, tokenizer = load_base_model(None)
     encoder = HyperEncoder.from_pretrained(args.checkpoint, model, tokenizer)
     train = training_paragraphs(held, 10, args.common_docs)
-    paragraphs = [p for art in chosen for p, _ in art]
+    if args.data is None:
+        paragraphs = [p for art in chosen for p, _ in art]
+        questions = [ex for art in chosen for _, exs in art for ex in exs]
+        index = build_index(paragraphs)
+        top = [index.search(ex.question, args.top_k) for ex in questions]
+    else:
+        questions = load_questions(args.data)[args.skip:args.skip + args.limit]
+        top = [retrieve(ex, args.top_k) for ex in questions]
+        paragraphs = list({content_hash(p.text): p for ps in top for p in ps}.values())
     with torch.inference_mode():
         common = mean_delta([ad for i in range(0, len(train), 16) for ad in encoder.encode(train[i:i + 16])],
                             args.rank)
-        adapters = {content_hash(p.text): ad for p, ad in zip(paragraphs, encoder.encode(paragraphs))}
+        adapters = {content_hash(p.text): ad for i in range(0, len(paragraphs), 16)
+                    for p, ad in zip(paragraphs[i:i + 16], encoder.encode(paragraphs[i:i + 16]))}
     print(f"c: mean of {len(train)} training paragraphs ({len({p.title for p in train})} articles), rank {args.rank}")
-
-    index = build_index(paragraphs)
-    questions = [ex for art in chosen for _, exs in art for ex in exs]
-    retrieved = [[adapters[content_hash(p.text)] for p in index.search(ex.question, args.top_k)] for ex in questions]
+    retrieved = [[adapters[content_hash(p.text)] for p in ps] for ps in top]
     found = sum(content_hash(ex.passages[0].text) in {a.doc_hash for a in r} for ex, r in zip(questions, retrieved))
     rng = random.Random(0)
     wrong = []
