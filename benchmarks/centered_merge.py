@@ -20,7 +20,6 @@ the top-k of its own candidate passages, as ``hyperprag bench`` does without ``-
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -32,13 +31,13 @@ import torch
 from hyperprag.adapter import DocAdapter, content_hash
 from hyperprag.data import Passage, load_questions
 from hyperprag.diagnostics import answer_loss
-from hyperprag.hyper_encoder import HyperEncoder, provenance_file
+from hyperprag.hyper_encoder import HyperEncoder
 from hyperprag.metrics import paired_bootstrap
 from hyperprag.models import load_base_model
 from hyperprag.retrieval import build_index, retrieve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from topic_specificity import DATA, choose  # noqa: E402
+from topic_specificity import DATA, choose, held_out  # noqa: E402
 
 LAMBDAS = (0.5, 2 / 3, 1.0)
 
@@ -95,10 +94,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=100, help="with --data: questions taken")
     args = ap.parse_args()
 
-    held_file = provenance_file(args.checkpoint, "heldout_hashes.json")
-    if held_file is None:
-        sys.exit(f"{args.checkpoint}: no heldout_hashes.json, so its held-out paragraphs are unknown")
-    held = set(json.loads(held_file.read_text()))
+    held = held_out(args.checkpoint)
     chosen = choose(load_questions(DATA), held, 6, 4, 3)
     model, tokenizer = load_base_model(None)
     encoder = HyperEncoder.from_pretrained(args.checkpoint, model, tokenizer)

@@ -49,6 +49,14 @@ DATA = "../shared/data/squad.jsonl"
 SWAPS = ("own", "same_article", "other_article")
 
 
+def held_out(checkpoint: Path) -> set[str]:
+    """The content hashes of the paragraphs ``checkpoint`` never trained on (exits if unknown)."""
+    held_file = provenance_file(checkpoint, "heldout_hashes.json")
+    if held_file is None:
+        sys.exit(f"{checkpoint}: no heldout_hashes.json, so its held-out paragraphs are unknown")
+    return set(json.loads(held_file.read_text()))
+
+
 def choose(examples: Sequence[QAExample], held: set[str], articles: int, paragraphs: int,
            questions: int) -> list[list[tuple[Passage, list[QAExample]]]]:
     """[article][paragraph] -> (paragraph, its first questions), held-out paragraphs only."""
@@ -169,11 +177,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=3, help="questions per paragraph (its first)")
     args = ap.parse_args()
 
-    held_file = provenance_file(args.checkpoint, "heldout_hashes.json")
-    if held_file is None:
-        sys.exit(f"{args.checkpoint}: no heldout_hashes.json, so its held-out paragraphs are unknown")
-    held = set(json.loads(held_file.read_text()))
-    chosen = choose(load_questions(DATA), held, args.articles, args.paragraphs, args.questions)
+    chosen = choose(load_questions(DATA), held_out(args.checkpoint), args.articles, args.paragraphs, args.questions)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "paragraphs.jsonl", "w") as f:
         for art in chosen:
