@@ -101,10 +101,9 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
                          f"({w.get('baseline', 'closed')}) | {_f(w['share_of_lift_lost'], 2)} |")
         if ds.get("similarity"):
             first = next(iter(ds["similarity"].values()))
-            titles = (f", {first['distinct_titles']} distinct titles: passages on one subject share more"
-                      if "distinct_titles" in first else "")
-            L += ["", f"Mean pairwise cosine of the per-document deltas (first {len(first['matrix'])} passages"
-                  f"{titles}; near 1 = one adapter for every document): "
+            L += ["", f"Mean pairwise cosine of the per-document deltas (first {len(first['matrix'])} passages, "
+                  f"{first['distinct_titles']} distinct titles: passages on one subject share more; near 1 = one "
+                  "adapter for every document): "
                   + ", ".join(f"{n} {_f(x['mean_pairwise_cosine'])}" for n, x in ds["similarity"].items()) + "."]
         L.append("")
 
