@@ -116,6 +116,8 @@ def main() -> None:
     print(f"c: mean of {len(train)} training paragraphs ({len({p.title for p in train})} articles), rank {args.rank}")
     retrieved = [[adapters[content_hash(p.text)] for p in ps] for ps in top]
     found = sum(content_hash(ex.passages[0].text) in {a.doc_hash for a in r} for ex, r in zip(questions, retrieved))
+    if len({frozenset(a.doc_hash for a in r) for r in retrieved}) < 2:
+        sys.exit("every question retrieves the same passages: no other question's to swap in")
     rng = random.Random(0)
     wrong = []
     for r in retrieved:  # another question's top-k, not the same set
