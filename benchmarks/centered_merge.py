@@ -32,6 +32,7 @@ from hyperprag.adapter import DocAdapter, content_hash
 from hyperprag.data import Passage, load_questions
 from hyperprag.diagnostics import answer_loss
 from hyperprag.hyper_encoder import HyperEncoder
+from hyperprag.merge import merge_adapters
 from hyperprag.metrics import paired_bootstrap
 from hyperprag.models import load_base_model
 from hyperprag.retrieval import build_index, retrieve
@@ -54,15 +55,13 @@ def mean_delta(adapters: Sequence[DocAdapter], rank: int) -> dict[str, tuple[tor
 
 
 def centred_merge(adapters: Sequence[DocAdapter], lam: float,
-                  common: dict[str, tuple[torch.Tensor, torch.Tensor]] | None) -> DocAdapter:
-    """``lam * sum(deltas) + (1 - k * lam) * common`` in low-rank form (common None: left out)."""
+                  common: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> DocAdapter:
+    """``lam * sum(deltas) + (1 - k * lam) * common`` in low-rank form. The plain sum and mean are
+    the library's ``merge_adapters``."""
     k, factors = len(adapters), {}
     for name in adapters[0].factors:
-        a = [ad.factors[name][0].float() for ad in adapters]
-        b = [ad.factors[name][1].float() * ad.scaling * lam for ad in adapters]
-        if common is not None:
-            a.append(common[name][0])
-            b.append(common[name][1] * (1 - k * lam))
+        a = [ad.factors[name][0].float() for ad in adapters] + [common[name][0]]
+        b = [ad.factors[name][1].float() * ad.scaling * lam for ad in adapters] + [common[name][1] * (1 - k * lam)]
         factors[name] = (torch.cat(a, 0), torch.cat(b, 1))
     first = adapters[0]
     return DocAdapter(factors, 1.0, first.base_model, f"centred-{lam:.3g}", first.encoder_version,
@@ -126,9 +125,8 @@ def main() -> None:
             other = rng.choice(retrieved)
         wrong.append(other)
 
-    def losses(sets, lam, with_common):
-        return [answer_loss(model, tokenizer, [ex], [centred_merge(s, lam, common if with_common else None)])
-                for ex, s in zip(questions, sets)]
+    def losses(sets, merge):
+        return [answer_loss(model, tokenizer, [ex], [merge(s)]) for ex, s in zip(questions, sets)]
 
     none = [answer_loss(model, tokenizer, [ex], [None]) for ex in questions]
     ci = lambda t: f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]"  # noqa: E731
@@ -136,12 +134,13 @@ def main() -> None:
           f"no adapter {statistics.mean(none):.3f} nats\n")
     print("| merge | lift | gain over the mean merge | median lift | lift with another question's top-k |")
     print("|---|---|---|---|---|")
-    mean = losses(retrieved, 1 / args.top_k, False)
-    rows = [("mean (default)", 1 / args.top_k, False), ("sum", 1.0, False)]
-    rows += [(f"c + {lam:.2f} (sum - {args.top_k}c)", lam, True) for lam in LAMBDAS]
-    for label, lam, with_common in rows:
-        own = mean if label.startswith("mean") else losses(retrieved, lam, with_common)
-        other = losses(wrong, lam, with_common)
+    mean = losses(retrieved, lambda s: merge_adapters(s, "mean"))
+    rows = [("mean (default)", lambda s: merge_adapters(s, "mean")), ("sum", lambda s: merge_adapters(s, "sum"))]
+    rows += [(f"c + {lam:.2f} (sum - {args.top_k}c)", lambda s, lam=lam: centred_merge(s, lam, common))
+             for lam in LAMBDAS]
+    for label, merge in rows:
+        own = mean if label.startswith("mean") else losses(retrieved, merge)
+        other = losses(wrong, merge)
         median = statistics.median(n - o for n, o in zip(none, own))
         print(f"| {label} | {ci(paired_bootstrap(none, own))} | {ci(paired_bootstrap(mean, own))} | {median:+.3f} "
               f"| {statistics.mean(none) - statistics.mean(other):+.3f} |", flush=True)

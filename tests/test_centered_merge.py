@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 
 from conftest import random_adapter, tiny_model
+from hyperprag.merge import merge_adapters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from centered_merge import centred_merge, mean_delta  # noqa: E402
@@ -23,13 +24,14 @@ def test_centred_merge_keeps_the_common_part_once_and_sums_the_rest():
         assert torch.allclose(merged.delta(name), sum(deltas) - 2 * c, atol=1e-5)  # = c + sum(d - c)
 
 
-def test_centred_merge_at_one_over_k_is_the_mean_whatever_the_common_part():
+def test_centred_merge_at_one_over_k_is_the_library_mean_whatever_the_common_part():
     model = tiny_model()
     ads = [random_adapter(model, s) for s in (4, 5)]
     common = mean_delta([random_adapter(model, 9)], rank=1)
-    merged = centred_merge(ads, 0.5, common)
+    merged, mean = centred_merge(ads, 0.5, common), merge_adapters(ads, "mean")
     for name in ads[0].factors:
         assert torch.allclose(merged.delta(name), (ads[0].delta(name) + ads[1].delta(name)) / 2, atol=1e-6)
+        assert torch.allclose(merged.delta(name), mean.delta(name), atol=1e-6)
 
 
 def test_mean_delta_truncates_to_the_rank_asked():
