@@ -34,6 +34,7 @@ from .evaluate import MODES, evaluate, get_mode, merged_adapters, summarize
 from .generation import generate_completions
 from .inject import inject
 from .merge import merge_adapters
+from .metrics import bootstrap_share, paired_bootstrap
 from .models import model_id
 from .prompts import build_prompt
 from .store import AdapterStore
@@ -180,7 +181,8 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
             answers[mode.name] = answer_all(model, tokenizer, ds, mode.name, ads,
                                             work.answers_path(f"{ds.name}-{mode.name}", key), settings, mode.name)
             entry["modes"][mode.name] = summarize(answers[mode.name])
-        entry["wrong_document"] = _wrong_document(model, tokenizer, ds, ds_key, entry, merged[ds.name],
+        entry["intervals"] = _intervals(answers)
+        entry["wrong_document"] = _wrong_document(model, tokenizer, ds, ds_key, entry, answers, merged[ds.name],
                                                   encoders, merges, work, settings)
         entry["similarity"] = _similarity(ds, encoders, store, settings.similarity_docs)
         if hyper_checkpoint is not None:
@@ -209,7 +211,26 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
     return results
 
 
-def _wrong_document(model, tokenizer, ds, ds_key, entry, merged, encoders, merges, work, settings) -> dict:
+def _f1s(records: list[dict]) -> list[float]:
+    return [r["f1"] for r in records]
+
+
+def _intervals(answers: dict[str, list[dict]]) -> dict:
+    """95% bootstrap intervals of the figures the bar is stated in: the share of the closed-to-rag
+    gap each adapter mode closes, and generated minus trained F1. Every mode answers the same
+    questions in the same order, so the lists pair up by position."""
+    f1 = {m: _f1s(rs) for m, rs in answers.items()}
+    out = {}
+    if {"closed", "rag"} <= f1.keys():
+        whole = [r - c for r, c in zip(f1["rag"], f1["closed"])]
+        out["gap_share"] = {m: list(bootstrap_share([x - c for x, c in zip(f1[m], f1["closed"])], whole))
+                            for m in ("prag", "hyper") if m in f1}
+    if {"prag", "hyper"} <= f1.keys():
+        out["hyper_minus_prag"] = list(paired_bootstrap(f1["hyper"], f1["prag"]))
+    return out
+
+
+def _wrong_document(model, tokenizer, ds, ds_key, entry, answers, merged, encoders, merges, work, settings) -> dict:
     """Parametric modes answered with another document's adapters: how much of the lift remains.
 
     The lift of an adapter-only mode is over closed-book; that of a -combine mode over rag (the
@@ -231,6 +252,9 @@ def _wrong_document(model, tokenizer, ds, ds_key, entry, merged, encoders, merge
         s = summarize(recs)
         out[name] = {"em": s["em"], "f1": s["f1"], "baseline": baseline} | specificity(
             entry["modes"][baseline]["f1"], entry["modes"][name]["f1"], s["f1"])
+        right, base = _f1s(answers[name]), _f1s(answers[baseline])
+        _, lo, hi = bootstrap_share([r - w for r, w in zip(right, _f1s(recs))], [r - b for r, b in zip(right, base)])
+        out[name]["share_of_lift_lost_interval"] = [lo, hi]
     return out
 
 

@@ -9,6 +9,15 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or x != x else f"{x:.{digits}f}"
 
 
+def _interval(ci: list[float] | None) -> str:
+    """' [lo, hi]' of a 95% bootstrap interval (bench's ``intervals``), or nothing where the run has none."""
+    return "" if not ci else f" [{_f(ci[0], 2)}, {_f(ci[1], 2)}]"
+
+
+def _pct_interval(estimate: list[float] | None) -> str:
+    return "" if not estimate else f" [{estimate[1]:.0%}, {estimate[2]:.0%}]"
+
+
 def _secs(x: float) -> str:
     return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.1f} s"
 
@@ -33,19 +42,24 @@ def verdicts(results: dict) -> list[str]:
         if not {"closed", "rag"} <= m.keys():
             continue
         gap = m["rag"]["f1"] - m["closed"]["f1"]
+        intervals = ds.get("intervals", {})
         for mode in ("prag", "hyper"):
             if mode in m and abs(gap) > 1e-9:
                 share = (m[mode]["f1"] - m["closed"]["f1"]) / gap
-                lines.append(f"{name}: `{mode}` closes {share:.0%} of the closed->rag F1 gap "
-                             f"({_f(m['closed']['f1'])} -> {_f(m[mode]['f1'])}, rag {_f(m['rag']['f1'])}).")
+                lines.append(f"{name}: `{mode}` closes {share:.0%}{_pct_interval(intervals.get('gap_share', {}).get(mode))} "
+                             f"of the closed->rag F1 gap ({_f(m['closed']['f1'])} -> {_f(m[mode]['f1'])}, "
+                             f"rag {_f(m['rag']['f1'])}).")
         if {"prag", "hyper"} <= m.keys():
             d = m["hyper"]["f1"] - m["prag"]["f1"]
             word = "beat" if d > 0 else "fall short of"
+            ci = intervals.get("hyper_minus_prag")
+            ci_text = f"; hyper - prag, paired 95% interval [{ci[1]:+.3f}, {ci[2]:+.3f}]" if ci else ""
             lines.append(f"{name}: generated adapters {word} trained ones by {abs(d):.3f} F1 "
-                         f"(hyper {_f(m['hyper']['f1'])} vs prag {_f(m['prag']['f1'])}).")
+                         f"(hyper {_f(m['hyper']['f1'])} vs prag {_f(m['prag']['f1'])}{ci_text}).")
         for mode, w in ds.get("wrong_document", {}).items():
             lines.append(f"{name}: with another document's adapters `{mode}` scores F1 {_f(w['f1'])}; "
-                         f"share of its lift lost {_f(w['share_of_lift_lost'], 2)} (lift over "
+                         f"share of its lift lost {_f(w['share_of_lift_lost'], 2)}"
+                         f"{_interval(w.get('share_of_lift_lost_interval'))} (lift over "
                          f"{w.get('baseline', 'closed')} {w['lift']:+.3f}; "
                          "1.0 = all of it, the adapter is specific; meaningless when the lift is near zero).")
     cost = results.get("cost_seconds_per_doc", {})
@@ -59,7 +73,8 @@ def verdicts(results: dict) -> list[str]:
 def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
     L: list[str] = ["# hyperprag bench report", ""]
     L += ["Every mode answers the same questions with the same retrieved passages. Timings are medians "
-          "over repeats; timings that are compared were measured interleaved in one process.", ""]
+          "over repeats; timings that are compared were measured interleaved in one process. Figures in "
+          "brackets are 95% bootstrap intervals over the questions (10,000 resamples).", ""]
     if results.get("command"):
         L += ["Command:", "", "```bash", results["command"], "```", ""]
     v = results["versions"]
@@ -94,11 +109,12 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
                 L.append(f"| {m} | " + " | ".join(_f(r["by_type"][t]["f1"]) for t in types) + " |")
         if ds.get("wrong_document"):
             L += ["", "Wrong-document ablation (each question answered with another question's adapters):", "",
-                  "| mode | F1 right adapters | F1 wrong adapters | lift (over) | share of lift lost |",
+                  "| mode | F1 right adapters | F1 wrong adapters | lift (over) | share of lift lost [95% interval] |",
                   "|---|---|---|---|---|"]
             for m, w in ds["wrong_document"].items():
                 L.append(f"| {m} | {_f(ds['modes'][m]['f1'])} | {_f(w['f1'])} | {w['lift']:+.3f} "
-                         f"({w.get('baseline', 'closed')}) | {_f(w['share_of_lift_lost'], 2)} |")
+                         f"({w.get('baseline', 'closed')}) | {_f(w['share_of_lift_lost'], 2)}"
+                         f"{_interval(w.get('share_of_lift_lost_interval'))} |")
         if ds.get("similarity"):
             first = next(iter(ds["similarity"].values()))
             L += ["", f"Mean pairwise cosine of the per-document deltas (first {len(first['matrix'])} passages, "

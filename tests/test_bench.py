@@ -60,6 +60,11 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
         assert set(ds["wrong_document"]) == {"prag", "hyper", "prag-combine", "hyper-combine"}
         assert ds["wrong_document"]["hyper-combine"]["baseline"] == "rag"
         assert ds["wrong_document"]["hyper"]["baseline"] == "closed"
+        # every share the bar is stated in comes with its interval (nan where the tiny model shows no gap)
+        assert set(ds["intervals"]["gap_share"]) == {"prag", "hyper"} and len(ds["intervals"]["hyper_minus_prag"]) == 3
+        for est, lo, hi in [*ds["intervals"]["gap_share"].values(), ds["intervals"]["hyper_minus_prag"]]:
+            assert est != est or lo <= est <= hi
+        assert all(len(w["share_of_lift_lost_interval"]) == 2 for w in ds["wrong_document"].values())
         for enc in ("exact", "hyper"):
             matrix = ds["similarity"][enc]["matrix"]
             assert len(matrix) == 4 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(4))
@@ -83,6 +88,7 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
     assert "(first 4 passages, 4 distinct titles" in report
     assert res["datasets"]["alpha"]["n_titles"] == 4 and "distinct retrieved passages from 4 titles." in report  # top-1
     assert "## Cost of parameterising a document" in report and "Wrong-document ablation" in report
+    assert "share of lift lost [95% interval]" in report and "hyper - prag, paired 95% interval [" in report
     for png in ("f1_per_mode.png", "f1_vs_cost.png", "similarity.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in report
@@ -227,3 +233,18 @@ def test_training_overlap_counts_every_training_file_list(tmp_path):
     # data files, as before session 25)
     assert training_overlap(run / "final", dataset(hotpot)) == len(FACTS) - 1
     assert training_overlap(run / "final", dataset(other)) == 0
+
+
+def test_report_states_the_bar_shares_with_their_intervals():
+    """The figures of a real run (SQuAD, v8): a share without its interval claims more than 100 questions show."""
+    from hyperprag.report import verdicts
+
+    modes = {"closed": {"f1": 0.083}, "rag": {"f1": 0.359}, "prag": {"f1": 0.133}, "hyper": {"f1": 0.177}}
+    ds = {"modes": modes, "intervals": {"gap_share": {"hyper": [0.34, 0.12, 0.58]}, "hyper_minus_prag": [0.044, -0.01, 0.1]},
+          "wrong_document": {"hyper": {"f1": 0.063, "baseline": "closed", "lift": 0.094, "share_of_lift_lost": 1.21,
+                                       "share_of_lift_lost_interval": [0.82, 1.9]}}}
+    lines = verdicts({"datasets": {"squad": ds}})
+    assert "squad: `hyper` closes 34% [12%, 58%] of the closed->rag F1 gap" in lines[1]
+    assert lines[0].startswith("squad: `prag` closes 18% of")  # no interval recorded: none printed
+    assert "hyper - prag, paired 95% interval [-0.010, +0.100]" in lines[2]
+    assert "share of its lift lost 1.21 [0.82, 1.90]" in lines[3]

@@ -49,3 +49,21 @@ def test_paired_bootstrap_interval():
     assert paired_bootstrap([1.0, 0.0], [0.0, 1.0], seed=1) == paired_bootstrap([1.0, 0.0], [0.0, 1.0], seed=1)
     with pytest.raises(ValueError):
         paired_bootstrap([1.0], [1.0, 0.0])
+
+
+def test_bootstrap_share_interval():
+    from hyperprag.metrics import bootstrap_share
+
+    # A mode that gains on exactly the questions rag gains on, by half as much: 50% of the gap, surely.
+    whole = [1.0, 0.0, 0.5, 0.0] * 25
+    assert bootstrap_share([x / 2 for x in whole], whole) == pytest.approx((0.5, 0.5, 0.5))
+    # 10 of 100 questions gained where rag gains on 40: a share of 25% whose interval is wide but excludes 0 and 50%.
+    share, lo, hi = bootstrap_share([1.0] * 10 + [0.0] * 90, [1.0] * 40 + [0.0] * 60)
+    assert share == pytest.approx(0.25) and 0.1 < lo < 0.25 < hi < 0.45
+    # Gains on questions rag does not help with still count: the share is of mean F1, not of questions.
+    share, lo, hi = bootstrap_share([0.0] * 40 + [1.0] * 10 + [0.0] * 50, [1.0] * 40 + [0.0] * 60)
+    assert share == pytest.approx(0.25) and lo < share < hi
+    assert all(x != x for x in bootstrap_share([1.0, 0.0], [0.5, -0.5]))  # no gap: no share
+    assert bootstrap_share([1.0, 0.0, 1.0], [1.0, 1.0, 0.5], seed=3) == bootstrap_share([1.0, 0.0, 1.0], [1.0, 1.0, 0.5], seed=3)
+    with pytest.raises(ValueError):
+        bootstrap_share([1.0], [1.0, 0.0])
