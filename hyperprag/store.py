@@ -82,13 +82,17 @@ class AdapterStore:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
 
-    def _path_for(self, encoder: str, doc_hash: str) -> Path:
-        return self.root / "adapters" / encoder / doc_hash[:2] / f"{doc_hash}.safetensors"
+    def _path_for(self, encoder: str, base_model: str, doc_hash: str) -> Path:
+        """A file per (encoder, base model, document), as the index's key: one store serves several
+        base models, and an exact encoder's key does not name the model. Rows written before the
+        model was in the path keep their recorded file."""
+        model = hashlib.sha256(base_model.encode()).hexdigest()[:12]
+        return self.root / "adapters" / encoder / model / doc_hash[:2] / f"{doc_hash}.safetensors"
 
     def put(self, adapter: DocAdapter, encoder_key: str) -> StoreRecord:
         """Store ``adapter`` under ``encoder_key`` (an encoder's name, version and settings)."""
         data = adapter.to_bytes()
-        path = self._path_for(encoder_key, adapter.doc_hash)
+        path = self._path_for(encoder_key, adapter.base_model, adapter.doc_hash)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
         with open(tmp, "wb") as fh:

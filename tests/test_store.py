@@ -59,6 +59,33 @@ def test_corrupt_file_is_detected_and_reencoded(tmp_path):
     assert enc.encoded == 3 and store.verify() == []
 
 
+class OtherModelEncoder(CountingEncoder):
+    """The same encoder key for another base model, as the exact encoder's key is (it does not name the model)."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.base_model = "other-model"
+
+    def encode(self, docs, progress=False):
+        out = super().encode(docs)
+        for ad in out:
+            ad.base_model = self.base_model
+        return out
+
+
+def test_two_base_models_share_a_store_without_overwriting_each_other(tmp_path):
+    store = AdapterStore(tmp_path)
+    tiny, other = CountingEncoder(tiny_model()), OtherModelEncoder(tiny_model())
+    store.get_or_encode(docs(2), tiny, progress=False)
+    store.get_or_encode(docs(2), other, progress=False)
+    assert store.verify() == [] and len(store.records()) == 4
+    store.get_or_encode(docs(2), tiny, progress=False)
+    store.get_or_encode(docs(2), other, progress=False)
+    assert tiny.encoded == 2 and other.encoded == 2  # nothing retrained
+    doc = content_hash(docs(1)[0].text)
+    assert store.record(doc, "fake-v1", "tiny-llama").file != store.record(doc, "fake-v1", "other-model").file
+
+
 def test_kill_and_resume_loses_nothing_and_corrupts_nothing(tmp_path):
     proc = run_worker(tmp_path, 12, delay=0.3)
     deadline = time.time() + 120
