@@ -130,6 +130,13 @@ def resolve_model_path(name_or_path: str | None = None) -> Path | str:
     return name_or_path
 
 
+def local_model_id(name_or_path: str | Path) -> str:
+    """A model directory's identity is its resolved path, so `m`, `m/` and `./m` name one model (its
+    adapters, augmentation cache and hypernetwork); a hub id in the local cache stays as given."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.exists() else str(name_or_path)
+
+
 def load_base_model(name_or_path: str | None = None, dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) in eval mode; ``None`` means the packaged Gemma 3 270M."""
@@ -147,7 +154,7 @@ def load_base_model(name_or_path: str | None = None, dtype: torch.dtype = torch.
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.hyperprag_model_id = DEFAULT_MODEL_ID if default else str(name_or_path)
+    model.hyperprag_model_id = DEFAULT_MODEL_ID if default else local_model_id(name_or_path)
     return model, tokenizer
 
 

@@ -51,6 +51,10 @@ def test_local_model_directory_loads(tmp_path, tokenizer):
     model, tok = load_base_model(str(tmp_path))
     assert model.config.model_type == "qwen2" and tok.pad_token is not None
     assert model_id(model) == str(tmp_path)
+    # however the path is spelled, one model has one identity (its adapters, caches, hypernetworks)
+    (tmp_path / "sub").mkdir()
+    for spelling in (f"{tmp_path}/", f"{tmp_path}/sub/.."):
+        assert model_id(load_base_model(spelling)[0]) == str(tmp_path)
 
 
 def test_missing_model_package_is_one_clear_line(tmp_path, monkeypatch):
