@@ -260,14 +260,16 @@ def cmd_eval(args) -> int:
     else:
         result = evaluate(model, tokenizer, examples, args.mode, retrieved, args.batch_size,
                           args.max_new_tokens, progress=not args.quiet, adapters=adapters)
-    if adapters is not None and len({a.doc_hash for a in adapters[:50]}) > 1:
-        result["adapter_mean_cosine"] = mean_pairwise_cosine(adapters[:50])
+    # distinct adapters only: questions sharing a passage would add pairs at cosine 1
+    distinct = list({a.doc_hash: a for a in adapters}.values())[:50] if adapters is not None else []
+    if len(distinct) > 1:
+        result["adapter_mean_cosine"] = mean_pairwise_cosine(distinct)
     result["config"] = vars(args)
     if answers is not None:
         Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
         answers.unlink()  # the results hold every answer now
     if "adapter_mean_cosine" in result:
-        print(f"adapter mean pairwise cosine (first 50 questions): {result['adapter_mean_cosine']:.3f}")
+        print(f"adapter mean pairwise cosine (first {len(distinct)} distinct adapters): {result['adapter_mean_cosine']:.3f}")
     print(f"EM={result['em']:.4f} F1={result['f1']:.4f} n={result['n']}")
     return 0
 

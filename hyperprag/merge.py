@@ -34,6 +34,9 @@ def merge_adapters(adapters: Sequence[DocAdapter], method: str = "sum") -> DocAd
         factors[name] = (torch.cat([ad.factors[name][0] for ad in adapters], dim=0),
                          torch.cat([ad.factors[name][1] * (ad.scaling * weight) for ad in adapters], dim=1))
     sources = [ad.doc_hash for ad in adapters]
+    # the hash names the delta, so it names the weighting too ("concat" is "sum"): a resumed run keyed
+    # on merged hashes must not take a mean's answers for a sum's
+    weighting = "mean" if method == "mean" else "sum"
     return DocAdapter(factors, 1.0, first.base_model, f"merge-{method}",
-                      first.encoder_version, content_hash(" ".join(sources)),
+                      first.encoder_version, content_hash(" ".join([weighting, *sources])),
                       {"sources": ",".join(sources), "method": method})

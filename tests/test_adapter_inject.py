@@ -63,6 +63,8 @@ def test_sum_merge_is_exact_sum_of_deltas_and_mean_is_average():
         assert torch.allclose(merged.delta(name), total, atol=1e-6)
         assert torch.allclose(mean.delta(name), total / 3, atol=1e-6)
         assert torch.allclose(merge_adapters(ads, "concat").delta(name), total, atol=1e-6)
+    # the hash names the delta: a sum and a mean of the same sources differ, sum and concat do not
+    assert merged.doc_hash != mean.doc_hash and merged.doc_hash == merge_adapters(ads, "concat").doc_hash
 
 
 def test_per_row_batch_equals_rows_one_by_one():

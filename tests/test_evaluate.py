@@ -172,6 +172,28 @@ def test_cli_parametric_modes_encode_on_demand_then_reuse_the_store(tmp_path, to
     assert main(args + ["--wrong-doc"]) == 0
 
 
+def test_cli_adapter_cosine_counts_each_passage_once(tmp_path, tokenizer, capsys, monkeypatch):
+    """Questions sharing a passage (SQuAD has ~5 a paragraph) must not add pairs at cosine 1."""
+    from hyperprag.diagnostics import mean_pairwise_cosine
+    from hyperprag.store import AdapterStore
+
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
+    model_dir = tiny_model_dir(tmp_path, tokenizer)
+    data = tmp_path / "q.jsonl"
+    _write_questions(data)
+    first = json.loads(data.read_text().splitlines()[0])
+    data.write_text(data.read_text() + "\n" + json.dumps(first | {"id": "again"}))
+    args = ["eval", "--data", str(data), "--mode", "prag", "--model", str(model_dir), "--top-k", "1",
+            "--max-new-tokens", "3", "--store", str(tmp_path / "store"), "--quiet", "--n-qa", "1",
+            "--out", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    assert "(first 3 distinct adapters)" in capsys.readouterr().out
+    store = AdapterStore(tmp_path / "store")
+    stored = [store.get(r.doc_hash, r.encoder, r.base_model) for r in store.records()]
+    cosine = json.loads((tmp_path / "r.json").read_text())["adapter_mean_cosine"]
+    assert cosine == pytest.approx(mean_pairwise_cosine(stored), abs=1e-6)
+
+
 def test_cli_encode_fills_store_and_skips_done(tmp_path, tokenizer, capsys, monkeypatch):
     monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
     model_dir = tiny_model_dir(tmp_path, tokenizer)
