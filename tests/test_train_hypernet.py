@@ -297,6 +297,30 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     assert log[-1]["recon"] < log[0]["recon"], (log[0], log[-1])
 
 
+def test_mistakes_found_after_the_model_loads_are_one_line(tmp_path, setup):
+    """A recon store without the key's adapters trained nothing silently; a bad data line was a traceback."""
+    from conftest import random_adapter
+    from hyperprag.models import load_base_model
+    from hyperprag.store import AdapterStore
+
+    model_dir, data = setup
+    store = AdapterStore(tmp_path / "store")
+    store.put(random_adapter(load_base_model(str(model_dir))[0], 0, doc=FACTS[0][1]), "exact-test")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(data.read_text().splitlines()[0] + "\n{not json\n")
+    cases = [(f"data: [{data}]\nweights: {{lm: 1.0, recon: 1.0}}\nrecon_store: {tmp_path / 'store'}\n"
+              "recon_encoder_key: exact-other\n", "holds no adapter of encoder 'exact-other' for base model"),
+             (f"data: [{broken}]\n", f"{broken}:2:")]
+    for text, message in cases:
+        config = tmp_path / "cfg.yaml"
+        config.write_text(f"model: {model_dir}\nembedding: hidden\nheldout_pct: 0\nhidden: 32\nsteps: 2\n"
+                          f"out: {tmp_path / 'run'}\n{text}")
+        proc = subprocess.run([sys.executable, str(ROOT / "training" / "train_hypernet.py"), str(config)],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert message in proc.stderr
+
+
 @pytest.mark.parametrize("config_text, message", [
     ("docs_per_step: 4\nmerge_k: 4\nweights: {lm: 1.0, contrast: 1.0}\n", "merge_k must be >= 1 and docs_per_step >= 5"),
     ("max_minutes: 0\n", "max_minutes must be a positive number of minutes"),
@@ -308,6 +332,9 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     ("weights: {lm: 1.0, doc: 1.0}\n", "the doc objective (weights.doc) trains on passages_per_step passages a step"),
     ("retrieved: [x.jsonl]\n", "the retrieved objective (weights.retrieved) trains on retrieved_per_step questions"),
     ("init_from: checkpoints/gone\n", "init_from checkpoints/gone does not exist"),
+    ("weights: {lm: 1.0, recon: 1.0}\nrecon_store: /nonexistent\nrecon_encoder_key: k\n",
+     "recon_store /nonexistent is not an adapter store (no index.sqlite)"),
+    ("context_kernel: 4\n", "context_kernel must be odd and at least 3, got 4"),
     ("retrieved: [x.jsonl]\nretrieved_per_step: 1\nweights: {lm: 1.0, retrieved: 1.0, retrieved_contrast: 1.0}\n",
      "retrieved_contrast answers each retrieved question with another's passages"),
 ])
@@ -332,8 +359,9 @@ def test_augment_cache_may_be_given_under_home(tmp_path, monkeypatch):
     """`hyperprag augment` prints its cache under ~/.cache, so a config can name it portably."""
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "cache").mkdir()
+    (tmp_path / "x.jsonl").write_text("")
     config = tmp_path / "cfg.yaml"
-    config.write_text("augmented: [x.jsonl]\naugment_cache: ~/cache\n")
+    config.write_text(f"augmented: [{tmp_path / 'x.jsonl'}]\naugment_cache: ~/cache\n")
     assert _script().load_config(str(config), [])["augment_cache"] == str(tmp_path / "cache")
 
 
@@ -365,6 +393,18 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     ("weights: {lm: -1.0}\n", [], "weights.lm must be a number >= 0"),
     ("weights: {lm: 1.0, recon: 1.0}\n", [], "the recon objective reads exact adapters: give recon_store"),
     ("[1, 2]\n", [], "a config is a mapping of keys to values, got list"),
+    # keys unset by default are typed and ranged when set, before a minute of model loading
+    ("", ["max_minutes=abc"], "max_minutes must be a number, got 'abc'"),
+    ("", ["snapshot_every=abc"], "snapshot_every must be an integer, got 'abc'"),
+    ("", ["model=5"], "model must be a string, got 5"),
+    ("", ["max_docs=-1"], "max_docs must be at least 1, got -1"),
+    ("", ["read_rank=0"], "read_rank must be at least 1, got 0"),
+    ("", ["retrieved_per_step=-1"], "retrieved_per_step must be at least 0, got -1"),
+    ("", ["skip_first_questions=-1"], "skip_first_questions must be at least 0, got -1"),
+    ("", ["heldout_pct=150"], "heldout_pct must be a percentage from 0 to 99, got 150"),
+    ("", ["embedding=sentense"], "unknown embedding 'sentense'"),
+    ("data: [/nonexistent/q.jsonl]\n", [], "data: /nonexistent/q.jsonl is not a file"),
+    ("passages: [3]\npassages_per_step: 2\nweights: {lm: 1.0, doc: 1.0}\n", [], "passages is a list of file paths, got 3"),
 ])
 def test_config_types_ranges_and_objective_names_are_checked(tmp_path, config_text, overrides, message):
     config = tmp_path / "cfg.yaml"

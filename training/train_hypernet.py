@@ -75,8 +75,9 @@ from tqdm.auto import tqdm
 
 from hyperprag.adapter import content_hash
 from hyperprag.augment import read_cached
-from hyperprag.data import Passage, load_questions, passages_of
+from hyperprag.data import DataError, Passage, load_questions, passages_of
 from hyperprag.embeddings import build_source
+from hyperprag.errors import HyperpragError
 from hyperprag.hyper_encoder import RETIRED, HyperEncoder
 from hyperprag.hyper_objectives import (answer_batch, answer_logits, answer_losses, delta_distance, distill_loss, lm_loss,
                                         passage_batch, qa_batches, sibling_first_tokens, sibling_margin,
@@ -119,7 +120,15 @@ def _yaml(text: str, where: str):
 
 
 OBJECTIVES = ("lm", "kl", "recon", "contrast", "doc", "retrieved", "retrieved_contrast", "sibling")
-AT_LEAST_ONE = ("steps", "docs_per_step", "qa_per_doc", "save_every", "log_every", "top_k", "rank", "hidden")
+AT_LEAST_ONE = ("steps", "docs_per_step", "qa_per_doc", "save_every", "log_every", "top_k", "rank", "hidden",
+                "doc_words", "max_docs", "read_rank", "copy_dim", "snapshot_every")
+AT_LEAST_ZERO = ("heldout_first", "passages_per_step", "retrieved_per_step", "skip_first_questions", "warmup")
+# keys whose default is null (unset), and the type they take when set
+NULLABLE = {"model": str, "max_docs": int, "head_multiplier": float, "read_rank": int, "context_kernel": int,
+            "copy_dim": int, "init_from": str, "recon_store": str, "recon_encoder_key": str, "augment_cache": str,
+            "snapshot_every": int, "max_minutes": float}
+FILE_LISTS = ("data", "augmented", "passages", "retrieved")
+EMBEDDINGS = ("sentence", "hidden", "tokens", "token-seq", "hidden-seq", "hidden-seq+words", "hidden-kv", "token-kv")
 
 
 def _check_types(cfg: dict, path: str) -> None:
@@ -128,16 +137,27 @@ def _check_types(cfg: dict, path: str) -> None:
     kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
              dict: "a mapping"}
     for key, default in DEFAULTS.items():
-        value, kind = cfg[key], type(default)
-        if default is None or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)):
+        value, kind = cfg[key], NULLABLE.get(key, type(default))
+        if (default is None and value is None) or key == "mixed_precision":  # unset; mixed_precision: below
+            continue
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             continue
         if kind is int and isinstance(value, float) and value.is_integer():  # 2e+1 reads as 20.0
             value = cfg[key] = int(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             sys.exit(f"{path}: {key} must be {kinds[kind]}, got {value!r}")
     for key in AT_LEAST_ONE:
-        if cfg[key] < 1:
+        if cfg[key] is not None and cfg[key] < 1:
             sys.exit(f"{path}: {key} must be at least 1, got {cfg[key]}")
+    for key in AT_LEAST_ZERO:
+        if cfg[key] < 0:
+            sys.exit(f"{path}: {key} must be at least 0, got {cfg[key]}")
+    if not 0 <= cfg["heldout_pct"] < 100:
+        sys.exit(f"{path}: heldout_pct must be a percentage from 0 to 99, got {cfg['heldout_pct']}")
+    if cfg["head_multiplier"] is not None and not cfg["head_multiplier"] > 0:
+        sys.exit(f"{path}: head_multiplier must be positive (or null: 1/hidden), got {cfg['head_multiplier']}")
+    if cfg["embedding"].partition(":")[0] not in EMBEDDINGS:
+        sys.exit(f"{path}: unknown embedding {cfg['embedding']!r}; use one of {', '.join(EMBEDDINGS)}")
     if not cfg["lr"] > 0:
         sys.exit(f"{path}: lr must be positive, got {cfg['lr']}")
     for name, weight in cfg["weights"].items():
@@ -168,6 +188,10 @@ def load_config(path: str, overrides: list[str]) -> dict:
     if cfg["weights"].get("recon") and not (cfg["recon_store"] and cfg["recon_encoder_key"]):
         sys.exit(f"{path}: the recon objective reads exact adapters: give recon_store (the store directory) and "
                  f"recon_encoder_key (the exact encoder's key in it)")
+    if cfg["weights"].get("recon") and not (Path(cfg["recon_store"]) / "index.sqlite").is_file():
+        sys.exit(f"{path}: recon_store {cfg['recon_store']} is not an adapter store (no index.sqlite)")
+    if cfg["context_kernel"] is not None and (cfg["context_kernel"] < 3 or cfg["context_kernel"] % 2 == 0):
+        sys.exit(f"{path}: context_kernel must be odd and at least 3, got {cfg['context_kernel']}")
     needed = cfg["merge_k"] + bool(cfg["weights"].get("contrast"))  # contrast needs k documents besides the own
     if cfg["merge_k"] < 1 or cfg["docs_per_step"] < needed:
         sys.exit(f"{path}: merge_k must be >= 1 and docs_per_step >= {needed} (merge_k, plus 1 with contrast)")
@@ -196,6 +220,12 @@ def load_config(path: str, overrides: list[str]) -> dict:
         sys.exit(f"{path}: init_from {cfg['init_from']} does not exist ({RETIRED})")
     if cfg["center"] and cfg["docs_per_step"] < 2:
         sys.exit(f"{path}: center: true needs docs_per_step >= 2 (B is centred on the batch's mean)")
+    for key in FILE_LISTS:  # last, so that a config's other mistakes are named whatever its files
+        for f in cfg[key]:
+            if not isinstance(f, str):
+                sys.exit(f"{path}: {key} is a list of file paths, got {f!r}")
+            if not Path(f).is_file():
+                sys.exit(f"{path}: {key}: {f} is not a file")
     return cfg
 
 
@@ -347,17 +377,29 @@ def main() -> None:
 
     # None: 1/hidden, which trains the heads at a LoRA's pace (see HyperNetConfig.head_multiplier)
     head_mult = cfg["head_multiplier"] if cfg["head_multiplier"] is not None else 1.0 / cfg["hidden"]
-    encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
-                                  head_multiplier=head_mult, center=cfg["center"], copy_tokens=cfg["copy_tokens"],
-                                  read_rank=cfg["read_rank"], context_kernel=cfg["context_kernel"],
-                                  copy_dim=cfg["copy_dim"], tie_reads=cfg["tie_reads"],
-                                  copy_keys=cfg["copy_keys"])
+    try:  # options that only make sense together (copy_dim needs copy_tokens, ...) are checked here
+        encoder = HyperEncoder.create(model, source, rank=cfg["rank"], alpha=cfg["alpha"], hidden=cfg["hidden"],
+                                      head_multiplier=head_mult, center=cfg["center"], copy_tokens=cfg["copy_tokens"],
+                                      read_rank=cfg["read_rank"], context_kernel=cfg["context_kernel"],
+                                      copy_dim=cfg["copy_dim"], tie_reads=cfg["tie_reads"],
+                                      copy_keys=cfg["copy_keys"])
+    except ValueError as err:
+        sys.exit(f"{args.config}: {err}")
     if cfg["init_from"]:
         warm_start(encoder, cfg["init_from"], model, tokenizer, source)
         log(f"initialised from {cfg['init_from']}")
     scaling = encoder.hypernet.config.scaling
     log(f"hypernetwork: {encoder.hypernet.num_parameters():,} parameters")
-    recon_store = AdapterStore(cfg["recon_store"]) if cfg["weights"].get("recon") else None
+    recon_store = None
+    if cfg["weights"].get("recon"):
+        recon_store = AdapterStore(cfg["recon_store"])
+        held = {r.doc_hash for r in recon_store.records()
+                if r.encoder == cfg["recon_encoder_key"] and r.base_model == encoder.base_model}
+        covered = sum(content_hash(d.text) in held for d, _ in train_docs)
+        if not covered:  # else recon would be skipped every step, silently
+            sys.exit(f"{args.config}: recon_store {cfg['recon_store']} holds no adapter of encoder "
+                     f"{cfg['recon_encoder_key']!r} for base model {encoder.base_model!r} and any training document")
+        log(f"recon: exact adapters for {covered} of {len(train_docs)} training documents")
 
     # The token context starts at zero and added to a warm-started network it has a short run to
     # grow: ``context_lr_scale`` lets its weights move faster than the rest.
@@ -562,10 +604,11 @@ def main() -> None:
             if accelerator.is_main_process:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
-        if step % cfg["save_every"] == 0 or last:
-            save_state()
+        # the snapshot first: a kill between the two would resume after this step and never write it
         if cfg["snapshot_every"] and step % cfg["snapshot_every"] == 0 and not last:
             save_encoder(out / f"step-{step}")
+        if step % cfg["save_every"] == 0 or last:
+            save_state()
     bar.close()
     save_encoder(out / "final")
     accelerator.wait_for_everyone()
@@ -573,4 +616,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (HyperpragError, DataError) as err:  # a data file's file:line, a model that will not load: one line
+        sys.exit(str(err))
