@@ -214,6 +214,14 @@ def _check_out_file(path: str | None) -> None:
         raise HyperpragError(f"--out {path} is a directory; give a file name for the results JSON")
 
 
+def _check_checkpoint(args) -> None:
+    """An explicit --checkpoint that is not one is named before the model loads, not after it."""
+    if args.checkpoint and not (Path(args.checkpoint) / "config.json").exists():
+        from .hyper_encoder import RETIRED
+
+        raise HyperpragError(f"--checkpoint {args.checkpoint} is not a hypernetwork checkpoint (no config.json; {RETIRED})")
+
+
 def _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, adapters) -> tuple[dict, Path]:
     """evaluate()'s result, and the file beside --out that each batch's answers were appended to as
     they came, so a killed run resumes after its last finished batch (bench's machinery). The file is
@@ -245,6 +253,8 @@ def cmd_eval(args) -> int:
     if args.wrong_doc and not mode.adapters:
         raise HyperpragError("--wrong-doc only applies to the parametric modes")
     _check_out_file(args.out)
+    if mode.encoder == "hyper":
+        _check_checkpoint(args)
     examples = _questions_after_skip(args.data, args.skip)[: args.limit]
     corpus = read_corpus(args.corpus) if args.corpus else None
     # closed-book reads no passages, so it needs neither candidates nor --corpus
@@ -278,7 +288,9 @@ def cmd_encode(args) -> int:
     from .encoders import build_encoder
     from .models import load_base_model
 
-    docs = passages_of(args.docs)[: args.limit]
+    if args.encoder == "hyper":
+        _check_checkpoint(args)
+    docs = all_docs = passages_of(args.docs)[: args.limit]
     # Under `accelerate launch`, each process takes every n-th document; the store is safe for
     # concurrent writers, so together they fill one store. A plain run is one process of one.
     import torch
@@ -296,7 +308,12 @@ def cmd_encode(args) -> int:
         state.wait_for_everyone()
         if not state.is_main_process:
             return 0
-    records = [r for r in store.records() if r.encoder == encoder.key]
+    from .adapter import content_hash
+
+    # this run's documents only: a store may hold other files' passages and other base models' adapters
+    wanted = {content_hash(d.text) for d in all_docs}
+    records = [r for r in store.records()
+               if r.encoder == encoder.key and r.base_model == encoder.base_model and r.doc_hash in wanted]
     sizes = [r.bytes for r in records]
     failed = sum("augmentation_failed" in json.loads(r.meta.get("extra", "{}")) for r in records)
     print(f"stored={len(sizes)} augmentation_failed={failed} store={store.root} "
@@ -334,6 +351,8 @@ def cmd_bench(args) -> int:
     from .hyper_encoder import DEFAULT_CHECKPOINT
     from .models import load_base_model
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise HyperpragError(f"--out {args.out} is a file; bench writes a directory (results.json, report.md, plots)")
     limits = args.limit or [None]
     if len(limits) not in (1, len(args.data)):
         raise HyperpragError(f"--limit takes one N or one per --data file ({len(args.data)}), not {len(limits)}")
@@ -381,6 +400,7 @@ def cmd_demo(args) -> int:
     from .hyper_encoder import DEFAULT_CHECKPOINT
     from .models import load_base_model
 
+    _check_checkpoint(args)
     data_dir = files("hyperprag") / "demo_data"
     examples = load_questions(data_dir / "questions.jsonl")
     corpus = read_corpus(data_dir / "documents.jsonl")

@@ -104,6 +104,9 @@ def read_qa_jsonl(path: str | Path) -> list[QAExample]:
         passages = obj.get("passages", [])
         if not isinstance(passages, list):
             raise DataError(path, lineno, "field 'passages' must be a list")
+        for key in ("type", "doc_id", "dataset"):  # grouped and sorted on: a list here crashed much later
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise DataError(path, lineno, f"field '{key}' must be a string, got {obj[key]!r}")
         examples.append(QAExample(
             id=str(obj.get("id", f"{path.stem}-{lineno}")),
             question=_require_str(obj, "question", path, lineno),

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .augment import GENERATION_DTYPES, AugmentConfig
-from .cli_types import at_least
+from .cli_types import at_least, positive_float
 from .encoder import DocumentEncoder
 from .exact import RECIPES, ExactEncoder, LoraTrainConfig
 
@@ -27,8 +27,8 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
                    help=f"training recipe (default reference, PRAG's; converged trains on the same data until "
                         f"the passage is held, see benchmarks/exact.md). {recipes}")
     g.add_argument("--rank", type=at_least(1), default=None, help=f"LoRA rank (default {d.rank})")
-    g.add_argument("--alpha", type=float, default=None, help=f"LoRA alpha (default {d.alpha:g})")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    g.add_argument("--alpha", type=positive_float, default=None, help=f"LoRA alpha (default {d.alpha:g})")
+    g.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the recipe's)")
     g.add_argument("--epochs", type=at_least(1), default=None, help="epochs over the sequences (default: the recipe's)")
     g.add_argument("--train-batch-size", type=at_least(1), default=None,
                    help="sequences per training step (default: the recipe's)")

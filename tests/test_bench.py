@@ -142,9 +142,19 @@ def test_bench_bad_input_is_one_clear_line(tmp_path, capsys):
     assert f"has {len(FACTS)} questions: --skip {len(FACTS)} leaves none" in capsys.readouterr().err
     assert main(["eval", "--data", str(a), "--mode", "rag", "--wrong-doc"] + nothing[2:]) == 2
     assert "--wrong-doc only applies to the parametric modes" in capsys.readouterr().err
+    gone = str(tmp_path / "gone")
+    for argv in (["eval", "--data", str(a), "--mode", "hyper"], ["encode", "--docs", str(a), "--encoder", "hyper"],
+                 ["demo"]):
+        assert main(argv + ["--checkpoint", gone] + nothing[2:]) == 2
+        assert f"--checkpoint {gone} is not a hypernetwork checkpoint" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["bench", "--data", str(a), "--out", str(tmp_path / "file"), *nothing[2:]]) == 2
+    assert f"--out {tmp_path / 'file'} is a file" in capsys.readouterr().err
     for flag, value, message in [("--top-k", "0", "must be at least 1, got 0"),
                                  ("--latency-queries", "-1", "must be at least 0, got -1"),
-                                 ("--batch-size", "two", "expected an integer, got 'two'")]:
+                                 ("--batch-size", "two", "expected an integer, got 'two'"),
+                                 ("--lr", "-1", "must be a positive number, got -1"),
+                                 ("--alpha", "nan", "must be a positive number, got nan")]:
         with pytest.raises(SystemExit):
             main(["bench", "--data", str(a), flag, value] + nothing)
         assert f"argument {flag}: {message}" in capsys.readouterr().err

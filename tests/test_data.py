@@ -26,6 +26,8 @@ def test_reads_shared_shape(tmp_path):
     (json.dumps({"question": "q", "answers": []}), "'answers' must be a non-empty list"),
     (json.dumps({"question": "q", "answers": ["a"], "passages": [{"title": "t"}]}), "passage 0 has no 'text'"),
     ("[1, 2]", "expected a JSON object"),
+    (json.dumps({"question": "q", "answers": ["a"], "doc_id": ["a"]}), "field 'doc_id' must be a string, got ['a']"),
+    (json.dumps({"question": "q", "answers": ["a"], "type": 3}), "field 'type' must be a string, got 3"),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, bad, message):
     path = _write(tmp_path, "q.jsonl", [GOOD, "", bad])

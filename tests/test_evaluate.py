@@ -207,6 +207,8 @@ def test_cli_encode_fills_store_and_skips_done(tmp_path, tokenizer, capsys, monk
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "stored=3" in out and "augmentation_failed=3" in out  # a random model writes no valid QA
+    assert main(args + ["--limit", "1"]) == 0  # the summary counts this run's documents, not the store's
+    assert "stored=1 augmentation_failed=1" in capsys.readouterr().out
 
 
 def test_cli_augment_caches_every_passage_but_the_evaluated_questions_and_resumes(tmp_path, tokenizer, capsys,
