@@ -420,3 +420,15 @@ def test_missing_config_and_bare_override_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="write key=value"):
         _script().load_config(str(tmp_path / "cfg.yaml"), ["steps"])
     assert _script().load_config(str(tmp_path / "cfg.yaml"), ["steps=3", "alpha=16"])["alpha"] == 16
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "training" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid_and_say_when_their_start_is_retired(config):
+    """Types, ranges and objective names of every recipe in training/configs (its data files and
+    start checkpoint are checked when it runs: ../shared/data is not everywhere)."""
+    script = _script()
+    cfg = json.loads(json.dumps(script.DEFAULTS)) | script._yaml(config.read_text(), str(config))
+    assert set(cfg) == set(script.DEFAULTS)
+    script._check_types(cfg, str(config))
+    if cfg["init_from"] and not (ROOT / cfg["init_from"]).is_dir():
+        assert f"init_from below ({cfg['init_from']}) is retired" in config.read_text().splitlines()[0]
