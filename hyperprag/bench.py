@@ -26,6 +26,9 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from .evaluate import Mode
+    from .hyper_encoder import HyperEncoder
+
 from .adapter import DocAdapter, content_hash
 from .data import Passage, QAExample, passages_of
 from .diagnostics import mean_off_diagonal, similarity_matrix, specificity, wrong_document
@@ -343,7 +346,7 @@ def encoder_cost(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, enc
     return out
 
 
-def hyper_cost(hyper, docs: Sequence[Passage], repeats: int) -> dict:
+def hyper_cost(hyper: HyperEncoder, docs: Sequence[Passage], repeats: int) -> dict:
     import torch
 
     times: dict[str, list[float]] = {"batch1": [], "batch64": [], "embed64": [], "hypernet64": []}
@@ -369,7 +372,8 @@ def hyper_cost(hyper, docs: Sequence[Passage], repeats: int) -> dict:
 
 
 def query_latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ds: Dataset,
-                  merged: dict[str, list[DocAdapter]], encoders, modes, hyper_merge: str | None,
+                  merged: dict[str, list[DocAdapter]], encoders: dict[str, DocumentEncoder],
+                  modes: Sequence[Mode], hyper_merge: str | None,
                   settings: BenchSettings) -> dict:
     """Seconds per single query (batch 1, 8 new tokens, no early stop so every mode writes the same
     length), interleaved across modes, median over questions x repeats. ``hyper+encode`` also

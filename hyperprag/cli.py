@@ -243,7 +243,7 @@ def _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, ada
     return {"mode": args.mode, **summarize(records), "predictions": records}, answers
 
 
-def cmd_eval(args) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     from .diagnostics import mean_pairwise_cosine, wrong_document
     from .encoders import build_encoder
     from .evaluate import evaluate, get_mode
@@ -284,7 +284,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_encode(args) -> int:
+def cmd_encode(args: argparse.Namespace) -> int:
     from .encoders import build_encoder
     from .models import load_base_model
 
@@ -321,7 +321,7 @@ def cmd_encode(args) -> int:
     return 0
 
 
-def cmd_augment(args) -> int:
+def cmd_augment(args: argparse.Namespace) -> int:
     import torch
     from accelerate import PartialState
 
@@ -343,7 +343,7 @@ def cmd_augment(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BenchSettings, Dataset, run_bench
     from .data import spread_questions
     from .encoders import build_encoder
@@ -393,7 +393,7 @@ def _launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from .adapter import AdapterMismatchError
     from .encoders import build_encoder, exact_config
     from .evaluate import evaluate, get_mode

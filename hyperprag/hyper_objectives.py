@@ -16,7 +16,11 @@ import torch.nn.functional as F
 from einops import rearrange
 
 if TYPE_CHECKING:
+    import random
+
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .models import FFNTarget
 
 from .data import Passage
 from .models import head_logits
@@ -36,7 +40,8 @@ def delta_distance(a1: torch.Tensor, b1: torch.Tensor, s1: float, a2: torch.Tens
     return lowrank_sq_norm(a, b) / lowrank_sq_norm(a2, b2 * s2).clamp_min(1e-12)
 
 
-def stacked_factors(generated: dict[str, tuple[torch.Tensor, torch.Tensor]], targets, sets: torch.Tensor,
+def stacked_factors(generated: dict[str, tuple[torch.Tensor, torch.Tensor]], targets: Sequence[FFNTarget],
+                    sets: torch.Tensor,
                     method: str = "sum") -> dict:
     """Per-row LoRA factors whose delta is the exact sum (or mean) of the generated deltas of the
     documents in ``sets`` (rows, k): the top-k merge of ``merge.merge_adapters``, done on the
@@ -141,7 +146,7 @@ def answer_losses(student_logits: torch.Tensor, batch: AnswerBatch) -> torch.Ten
 
 
 def sibling_first_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str],
-                         siblings: Sequence[Sequence[str]], rng) -> torch.Tensor:
+                         siblings: Sequence[Sequence[str]], rng: random.Random) -> torch.Tensor:
     """(n_answers,) the first token of one other answer of the same document, drawn by ``rng``
     among those whose first token differs from the answer's own, or -1 where none does. Tokenised
     as ``answer_batch`` tokenises answers, so the two first tokens are read at the same position."""
