@@ -1,0 +1,85 @@
+"""Where the generated adapters stand against the bar, with 95% bootstrap intervals.
+
+The bar is stated in two shares: of the closed-book to passage-in-prompt F1 gap the generated
+adapters close (at least half), and of that lift another question's adapters lose (at least 80%).
+On 50-100 questions both the numerator and the gap itself are noisy, so a share alone can look
+decisive when the run cannot decide. This pools the answers of one or more ``hyperprag bench``
+runs (slices of one dataset, say) question by question and prints each share with its interval.
+
+    .venv/bin/python benchmarks/bar_intervals.py "SQuAD test=out/repro28:squad" \\
+        "HotpotQA 0-99=out/repro28:hotpotqa,out/repro28_hot50:hotpotqa"
+
+Each argument is ``LABEL=DIR:DATASET[,DIR:DATASET...]``: a bench output directory (its ``work/``
+holds every answer, the wrong-document ones too) and the dataset's name there. A run needs the
+closed, rag and hyper modes; questions are pooled by (run, id).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from answer_kinds import answers  # noqa: E402
+from hyperprag.metrics import bootstrap_share  # noqa: E402
+
+MODES = ("closed", "rag", "hyper", "hyper-wrongdoc")
+
+
+def pooled_rows(sources: list[tuple[Path, str]]) -> list[dict[str, float]]:
+    """One row per question of every source: its F1 in each of MODES."""
+    rows = []
+    for run, dataset in sources:
+        by_mode = {m: answers(run / "work", dataset, m) for m in MODES}
+        ids = set(by_mode["closed"])
+        if any(set(a) != ids for a in by_mode.values()):
+            raise SystemExit(f"{run}: the modes of {dataset} answer different questions")
+        rows += [{m: by_mode[m][i]["f1"] for m in MODES} for i in sorted(ids)]
+    return rows
+
+
+def bar_figures(rows: list[dict[str, float]]) -> dict:
+    """Mean F1 per mode; the share of the gap hyper closes and of its lift the wrong adapters lose,
+    each (estimate, low, high)."""
+    col = {m: [r[m] for r in rows] for m in MODES}
+    means = {m: sum(v) / len(v) for m, v in col.items()}
+    gap = bootstrap_share([h - c for h, c in zip(col["hyper"], col["closed"])],
+                          [r - c for r, c in zip(col["rag"], col["closed"])])
+    lost = bootstrap_share([h - w for h, w in zip(col["hyper"], col["hyper-wrongdoc"])],
+                           [h - c for h, c in zip(col["hyper"], col["closed"])])
+    return {"n": len(rows), "means": means, "gap_share": gap, "lift_lost": lost}
+
+
+def _share(x: tuple[float, float, float]) -> str:
+    return "n/a" if x[0] != x[0] else f"{x[0]:.0%} [{x[1]:.0%}, {x[2]:.0%}]"
+
+
+def parse_group(spec: str) -> tuple[str, list[tuple[Path, str]]]:
+    label, eq, runs = spec.partition("=")
+    if not eq or not runs:
+        raise SystemExit(f"{spec!r}: expected LABEL=DIR:DATASET[,DIR:DATASET...]")
+    sources = []
+    for item in runs.split(","):
+        run, colon, dataset = item.rpartition(":")
+        if not colon or not run:
+            raise SystemExit(f"{item!r}: expected DIR:DATASET")
+        sources.append((Path(run), dataset))
+    return label, sources
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("groups", nargs="+", metavar="LABEL=DIR:DATASET[,DIR:DATASET...]")
+    args = ap.parse_args()
+    print("| questions | n | closed | rag | hyper | wrong adapters | share of the gap closed (bar: 50%) "
+          "| share of the lift lost (bar: 80%) |\n|---|---|---|---|---|---|---|---|")
+    for spec in args.groups:
+        label, sources = parse_group(spec)
+        f = bar_figures(pooled_rows(sources))
+        m = f["means"]
+        print(f"| {label} | {f['n']} | {m['closed']:.3f} | {m['rag']:.3f} | {m['hyper']:.3f} | "
+              f"{m['hyper-wrongdoc']:.3f} | {_share(f['gap_share'])} | {_share(f['lift_lost'])} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""benchmarks/bar_intervals.py: the bar's shares pooled over bench runs, with their intervals."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bar_intervals import bar_figures, parse_group, pooled_rows  # noqa: E402
+
+
+def write_run(run: Path, dataset: str, f1: dict[str, list[float]], prefix: str = "q") -> None:
+    (run / "work").mkdir(parents=True)
+    for mode, values in f1.items():
+        rows = [{"id": f"{prefix}{i}", "f1": v} for i, v in enumerate(values)]
+        (run / "work" / f"answers-{dataset}-{mode}-0123456789ab.jsonl").write_text("\n".join(map(json.dumps, rows)))
+
+
+def test_runs_pool_by_question_and_the_shares_follow_the_bar(tmp_path):
+    # rag gains 1 on every other question; hyper gains 0.5 on the same ones; the wrong adapters keep a quarter
+    one = {"closed": [0.0, 0.0] * 10, "rag": [1.0, 0.0] * 10, "hyper": [0.5, 0.0] * 10,
+           "hyper-wrongdoc": [0.125, 0.0] * 10}
+    write_run(tmp_path / "a", "squad", one)
+    write_run(tmp_path / "b", "questions", one, prefix="q")  # the same ids in another run are other questions
+    rows = pooled_rows([(tmp_path / "a", "squad"), (tmp_path / "b", "questions")])
+    assert len(rows) == 40
+    f = bar_figures(rows)
+    assert f["means"]["rag"] == pytest.approx(0.5) and f["n"] == 40
+    assert f["gap_share"] == pytest.approx((0.5, 0.5, 0.5))
+    assert f["lift_lost"] == pytest.approx((0.75, 0.75, 0.75))
+
+
+def test_modes_on_different_questions_and_bad_specs_are_refused(tmp_path):
+    write_run(tmp_path / "a", "squad", {"closed": [0.0, 1.0], "rag": [1.0], "hyper": [0.0, 0.0], "hyper-wrongdoc": [0.0, 0.0]})
+    with pytest.raises(SystemExit, match="answer different questions"):
+        pooled_rows([(tmp_path / "a", "squad")])
+    with pytest.raises(SystemExit, match="expected one answer file for squad/closed"):
+        pooled_rows([(tmp_path / "nothing", "squad")])
+    assert parse_group("SQuAD=out/a:squad,out/b:questions") == ("SQuAD", [(Path("out/a"), "squad"), (Path("out/b"), "questions")])
+    with pytest.raises(SystemExit, match="expected DIR:DATASET"):
+        parse_group("SQuAD=out/a")
