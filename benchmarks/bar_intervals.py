@@ -9,13 +9,15 @@ runs (slices of one dataset, say) question by question and prints each share wit
     .venv/bin/python benchmarks/bar_intervals.py "SQuAD test=out/repro28:squad" \\
         "HotpotQA 0-99=out/repro28:hotpotqa,out/repro28_hot50:hotpotqa"
 
-Each argument is ``LABEL=DIR:DATASET[,DIR:DATASET...]``: a bench output directory (its ``work/``
-holds every answer, the wrong-document ones too) and the dataset's name there. A run needs the
+Each argument is ``LABEL=DIR:DATASET[,DIR:DATASET...]``: a bench output directory (its
+results.json, or for runs before session 28 its ``work/``, holds every answer, the wrong-document
+ones too) and the dataset's name there. A run needs the
 closed, rag and hyper modes; questions are pooled by (run, id).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,15 +28,26 @@ from hyperprag.metrics import bootstrap_share  # noqa: E402
 MODES = ("closed", "rag", "hyper", "hyper-wrongdoc")
 
 
+def f1_by_id(run: Path, dataset: str, mode: str) -> dict[str, float]:
+    """F1 by question id from the run's results.json (which holds the wrong-document answers since
+    session 28), else from the answer files in its work/."""
+    results = run / "results.json"
+    if results.exists():
+        predictions = json.loads(results.read_text())["datasets"].get(dataset, {}).get("predictions", {})
+        if mode in predictions:
+            return {p["id"]: p["f1"] for p in predictions[mode]}
+    return {i: r["f1"] for i, r in answers(run / "work", dataset, mode).items()}
+
+
 def pooled_rows(sources: list[tuple[Path, str]]) -> list[dict[str, float]]:
     """One row per question of every source: its F1 in each of MODES."""
     rows = []
     for run, dataset in sources:
-        by_mode = {m: answers(run / "work", dataset, m) for m in MODES}
+        by_mode = {m: f1_by_id(run, dataset, m) for m in MODES}
         ids = set(by_mode["closed"])
         if any(set(a) != ids for a in by_mode.values()):
             raise SystemExit(f"{run}: the modes of {dataset} answer different questions")
-        rows += [{m: by_mode[m][i]["f1"] for m in MODES} for i in sorted(ids)]
+        rows += [{m: by_mode[m][i] for m in MODES} for i in sorted(ids)]
     return rows
 
 

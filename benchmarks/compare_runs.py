@@ -8,7 +8,8 @@ effect; pairing each question's F1 with its own F1 in the other run removes the 
 
 Each later run is compared against the first: its mean F1, and its difference from the first's
 with a 95% interval. A run's ``work`` directory stands for its results.json where the mode is
-only in the answer files, as the wrong-document ablation is (``out/wiki/work:hyper-wrongdoc``).
+only in the answer files, as the wrong-document ablation is in runs before session 28
+(``out/wiki/work:hyper-wrongdoc``); later results.json files hold it as ``hyper-wrongdoc``.
 """
 from __future__ import annotations
 

@@ -185,13 +185,14 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
                                             work.answers_path(f"{ds.name}-{mode.name}", key), settings, mode.name)
             entry["modes"][mode.name] = summarize(answers[mode.name])
         entry["intervals"] = _intervals(answers)
-        entry["wrong_document"] = _wrong_document(model, tokenizer, ds, ds_key, entry, answers, merged[ds.name],
-                                                  encoders, merges, work, settings)
+        entry["wrong_document"], wrong_answers = _wrong_document(model, tokenizer, ds, ds_key, entry, answers,
+                                                                 merged[ds.name], encoders, merges, work, settings)
         entry["similarity"] = _similarity(ds, encoders, store, settings.similarity_docs)
         if hyper_checkpoint is not None:
             entry["hyper_trained_on"] = training_overlap(hyper_checkpoint, ds)
+        # the ablation's answers too ("hyper-wrongdoc"), so every figure can be recomputed from this file
         entry["predictions"] = {m: [{"id": r["id"], "prediction": r["prediction"], "f1": r["f1"]} for r in rs]
-                                for m, rs in answers.items()}
+                                for m, rs in (answers | wrong_answers).items()}
         results["datasets"][ds.name] = entry
 
     first = datasets[0]  # cost, latency and throughput are measured on the first data file
@@ -233,13 +234,15 @@ def _intervals(answers: dict[str, list[dict]]) -> dict:
     return out
 
 
-def _wrong_document(model, tokenizer, ds, ds_key, entry, answers, merged, encoders, merges, work, settings) -> dict:
+def _wrong_document(model, tokenizer, ds, ds_key, entry, answers, merged, encoders, merges, work,
+                    settings) -> tuple[dict, dict[str, list[dict]]]:
     """Parametric modes answered with another document's adapters: how much of the lift remains.
 
     The lift of an adapter-only mode is over closed-book; that of a -combine mode over rag (the
     same passages in the prompt, no adapter), so an adapter that only teaches answer format (short
-    answers, no copied passage header) shows up as a lift that the wrong document keeps."""
-    out = {}
+    answers, no copied passage header) shows up as a lift that the wrong document keeps. Returns the
+    figures per mode and the answers per ``MODE-wrongdoc``."""
+    out, records = {}, {}
     for name in ("prag", "hyper", "prag-combine", "hyper-combine"):
         mode = get_mode(name)
         baseline = "rag" if mode.passages_in_prompt else "closed"
@@ -258,7 +261,8 @@ def _wrong_document(model, tokenizer, ds, ds_key, entry, answers, merged, encode
         right, base = _f1s(answers[name]), _f1s(answers[baseline])
         _, lo, hi = bootstrap_share([r - w for r, w in zip(right, _f1s(recs))], [r - b for r, b in zip(right, base)])
         out[name]["share_of_lift_lost_interval"] = [lo, hi]
-    return out
+        records[f"{name}-wrongdoc"] = recs
+    return out, records
 
 
 def _similarity(ds: Dataset, encoders, store: AdapterStore, n_docs: int) -> dict:

@@ -39,3 +39,11 @@ def test_modes_on_different_questions_and_bad_specs_are_refused(tmp_path):
     assert parse_group("SQuAD=out/a:squad,out/b:questions") == ("SQuAD", [(Path("out/a"), "squad"), (Path("out/b"), "questions")])
     with pytest.raises(SystemExit, match="expected DIR:DATASET"):
         parse_group("SQuAD=out/a")
+
+
+def test_a_results_json_with_the_ablation_answers_needs_no_work_directory(tmp_path):
+    preds = {m: [{"id": f"q{i}", "prediction": "x", "f1": v} for i, v in enumerate(values)]
+             for m, values in {"closed": [0.0, 0.0], "rag": [1.0, 1.0], "hyper": [1.0, 0.0], "hyper-wrongdoc": [0.0, 0.0]}.items()}
+    (tmp_path / "results.json").write_text(json.dumps({"datasets": {"squad": {"predictions": preds}}}))
+    f = bar_figures(pooled_rows([(tmp_path, "squad")]))
+    assert f["gap_share"][0] == pytest.approx(0.5) and f["lift_lost"][0] == pytest.approx(1.0)

@@ -65,6 +65,8 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
         for est, lo, hi in [*ds["intervals"]["gap_share"].values(), ds["intervals"]["hyper_minus_prag"]]:
             assert est != est or lo <= est <= hi
         assert all(len(w["share_of_lift_lost_interval"]) == 2 for w in ds["wrong_document"].values())
+        wrong = ds["predictions"]["hyper-wrongdoc"]  # the ablation's answers are kept like every mode's
+        assert len(wrong) == 4 and sum(p["f1"] for p in wrong) / 4 == pytest.approx(ds["wrong_document"]["hyper"]["f1"])
         for enc in ("exact", "hyper"):
             matrix = ds["similarity"][enc]["matrix"]
             assert len(matrix) == 4 and all(abs(matrix[i][i] - 1) < 1e-3 for i in range(4))
