@@ -12,7 +12,7 @@ runs (slices of one dataset, say) question by question and prints each share wit
 Each argument is ``LABEL=DIR:DATASET[,DIR:DATASET...]``: a bench output directory (its
 results.json, or for runs before session 28 its ``work/``, holds every answer, the wrong-document
 ones too) and the dataset's name there. A run needs the
-closed, rag and hyper modes; questions are pooled by (run, id).
+closed, rag and hyper modes; a question (by id) may be in one source only.
 """
 from __future__ import annotations
 
@@ -41,12 +41,15 @@ def f1_by_id(run: Path, dataset: str, mode: str) -> dict[str, float]:
 
 def pooled_rows(sources: list[tuple[Path, str]]) -> list[dict[str, float]]:
     """One row per question of every source: its F1 in each of MODES."""
-    rows = []
+    rows, seen = [], set()
     for run, dataset in sources:
         by_mode = {m: f1_by_id(run, dataset, m) for m in MODES}
         ids = set(by_mode["closed"])
         if any(set(a) != ids for a in by_mode.values()):
             raise SystemExit(f"{run}: the modes of {dataset} answer different questions")
+        if ids & seen:  # slices that overlap would count a question twice and narrow the interval
+            raise SystemExit(f"{run}: {len(ids & seen)} questions of {dataset} are already in an earlier source")
+        seen |= ids
         rows += [{m: by_mode[m][i] for m in MODES} for i in sorted(ids)]
     return rows
 

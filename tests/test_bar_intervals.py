@@ -21,7 +21,10 @@ def test_runs_pool_by_question_and_the_shares_follow_the_bar(tmp_path):
     one = {"closed": [0.0, 0.0] * 10, "rag": [1.0, 0.0] * 10, "hyper": [0.5, 0.0] * 10,
            "hyper-wrongdoc": [0.125, 0.0] * 10}
     write_run(tmp_path / "a", "squad", one)
-    write_run(tmp_path / "b", "questions", one, prefix="q")  # the same ids in another run are other questions
+    write_run(tmp_path / "b", "questions", one, prefix="r")
+    write_run(tmp_path / "c", "squad", one)  # the same questions as run a: counted twice, they would narrow the interval
+    with pytest.raises(SystemExit, match="20 questions of squad are already in an earlier source"):
+        pooled_rows([(tmp_path / "a", "squad"), (tmp_path / "c", "squad")])
     rows = pooled_rows([(tmp_path / "a", "squad"), (tmp_path / "b", "questions")])
     assert len(rows) == 40
     f = bar_figures(rows)
