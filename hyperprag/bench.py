@@ -220,13 +220,14 @@ def _f1s(records: list[dict]) -> list[float]:
 
 
 def _intervals(answers: dict[str, list[dict]]) -> dict:
-    """95% bootstrap intervals of the figures the bar is stated in: the share of the closed-to-rag
-    gap each adapter mode closes, and generated minus trained F1. Every mode answers the same
+    """95% bootstrap intervals of the figures the bar is stated in: the closed-to-rag gap, the share
+    of it each adapter mode closes, and generated minus trained F1. Every mode answers the same
     questions in the same order, so the lists pair up by position."""
     f1 = {m: _f1s(rs) for m, rs in answers.items()}
     out = {}
     if {"closed", "rag"} <= f1.keys():
         whole = [r - c for r, c in zip(f1["rag"], f1["closed"])]
+        out["gap"] = list(paired_bootstrap(f1["rag"], f1["closed"]))  # a share of a gap not above zero is no figure
         out["gap_share"] = {m: list(bootstrap_share([x - c for x, c in zip(f1[m], f1["closed"])], whole))
                             for m in ("prag", "hyper") if m in f1}
     if {"prag", "hyper"} <= f1.keys():
@@ -261,6 +262,7 @@ def _wrong_document(model, tokenizer, ds, ds_key, entry, answers, merged, encode
         right, base = _f1s(answers[name]), _f1s(answers[baseline])
         _, lo, hi = bootstrap_share([r - w for r, w in zip(right, _f1s(recs))], [r - b for r, b in zip(right, base)])
         out[name]["share_of_lift_lost_interval"] = [lo, hi]
+        out[name]["lift_interval"] = list(paired_bootstrap(right, base)[1:])
         records[f"{name}-wrongdoc"] = recs
     return out, records
 

@@ -43,6 +43,10 @@ def verdicts(results: dict) -> list[str]:
             continue
         gap = m["rag"]["f1"] - m["closed"]["f1"]
         intervals = ds.get("intervals", {})
+        if intervals.get("gap") and intervals["gap"][1] <= 0:
+            g = intervals["gap"]
+            lines.append(f"{name}: the closed->rag gap itself is not clearly above zero on these questions "
+                         f"({g[0]:+.3f} [{g[1]:+.3f}, {g[2]:+.3f}]), so no share of it is measured here.")
         for mode in ("prag", "hyper"):
             if mode in m and abs(gap) > 1e-9:
                 share = (m[mode]["f1"] - m["closed"]["f1"]) / gap
@@ -57,11 +61,14 @@ def verdicts(results: dict) -> list[str]:
             lines.append(f"{name}: generated adapters {word} trained ones by {abs(d):.3f} F1 "
                          f"(hyper {_f(m['hyper']['f1'])} vs prag {_f(m['prag']['f1'])}{ci_text}).")
         for mode, w in ds.get("wrong_document", {}).items():
+            lift = w.get("lift_interval")
+            caveat = (f"its lift is not clearly above zero ([{lift[0]:+.3f}, {lift[1]:+.3f}]), so this share is not "
+                      "measured" if lift and lift[0] <= 0 else
+                      "1.0 = all of it, the adapter is specific; meaningless when the lift is near zero")
             lines.append(f"{name}: with another document's adapters `{mode}` scores F1 {_f(w['f1'])}; "
                          f"share of its lift lost {_f(w['share_of_lift_lost'], 2)}"
                          f"{_interval(w.get('share_of_lift_lost_interval'))} (lift over "
-                         f"{w.get('baseline', 'closed')} {w['lift']:+.3f}; "
-                         "1.0 = all of it, the adapter is specific; meaningless when the lift is near zero).")
+                         f"{w.get('baseline', 'closed')} {w['lift']:+.3f}; {caveat}).")
     cost = results.get("cost_seconds_per_doc", {})
     if "exact_over_hyper" in cost:
         r = cost["exact_over_hyper"]

@@ -64,7 +64,9 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
         assert set(ds["intervals"]["gap_share"]) == {"prag", "hyper"} and len(ds["intervals"]["hyper_minus_prag"]) == 3
         for est, lo, hi in [*ds["intervals"]["gap_share"].values(), ds["intervals"]["hyper_minus_prag"]]:
             assert est != est or lo <= est <= hi
-        assert all(len(w["share_of_lift_lost_interval"]) == 2 for w in ds["wrong_document"].values())
+        assert all(len(w["share_of_lift_lost_interval"]) == 2 and len(w["lift_interval"]) == 2
+                   for w in ds["wrong_document"].values())
+        assert len(ds["intervals"]["gap"]) == 3
         wrong = ds["predictions"]["hyper-wrongdoc"]  # the ablation's answers are kept like every mode's
         assert len(wrong) == 4 and sum(p["f1"] for p in wrong) / 4 == pytest.approx(ds["wrong_document"]["hyper"]["f1"])
         for enc in ("exact", "hyper"):
@@ -259,4 +261,11 @@ def test_report_states_the_bar_shares_with_their_intervals():
     assert "squad: `hyper` closes 34% [12%, 58%] of the closed->rag F1 gap" in lines[1]
     assert lines[0].startswith("squad: `prag` closes 18% of")  # no interval recorded: none printed
     assert "hyper - prag, paired 95% interval [-0.010, +0.100]" in lines[2]
-    assert "share of its lift lost 1.21 [0.82, 1.90]" in lines[3]
+    assert "share of its lift lost 1.21 [0.82, 1.90]" in lines[3] and "1.0 = all of it" in lines[3]
+    # HotpotQA's 50 questions: a gap and a lift whose intervals reach zero measure no share
+    ds["intervals"]["gap"] = [0.096, -0.01, 0.2]
+    ds["wrong_document"]["hyper"]["lift_interval"] = [-0.05, 0.12]
+    lines = verdicts({"datasets": {"squad": ds}})
+    assert lines[0] == ("squad: the closed->rag gap itself is not clearly above zero on these questions "
+                        "(+0.096 [-0.010, +0.200]), so no share of it is measured here.")
+    assert "its lift is not clearly above zero ([-0.050, +0.120]), so this share is not measured" in lines[-1]
