@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from answer_kinds import answers  # noqa: E402
-from hyperprag.metrics import bootstrap_share  # noqa: E402
+from hyperprag.metrics import bootstrap_share, paired_bootstrap  # noqa: E402
 
 MODES = ("closed", "rag", "hyper", "hyper-wrongdoc")
 
@@ -63,11 +63,16 @@ def bar_figures(rows: list[dict[str, float]]) -> dict:
                           [r - c for r, c in zip(col["rag"], col["closed"])])
     lost = bootstrap_share([h - w for h, w in zip(col["hyper"], col["hyper-wrongdoc"])],
                            [h - c for h, c in zip(col["hyper"], col["closed"])])
-    return {"n": len(rows), "means": means, "gap_share": gap, "lift_lost": lost}
+    return {"n": len(rows), "means": means, "gap_share": gap, "lift_lost": lost,
+            "gap": paired_bootstrap(col["rag"], col["closed"]), "lift": paired_bootstrap(col["hyper"], col["closed"])}
 
 
-def _share(x: tuple[float, float, float]) -> str:
-    return "n/a" if x[0] != x[0] else f"{x[0]:.0%} [{x[1]:.0%}, {x[2]:.0%}]"
+def _share(x: tuple[float, float, float], of: tuple[float, float, float], what: str) -> str:
+    """A share with its interval, or why there is none: a share of a gap (or lift) whose own
+    interval reaches zero is no figure."""
+    if x[0] != x[0] or of[1] <= 0:
+        return f"not measured: {what} {of[0]:+.3f} [{of[1]:+.3f}, {of[2]:+.3f}]"
+    return f"{x[0]:.0%} [{x[1]:.0%}, {x[2]:.0%}]"
 
 
 def parse_group(spec: str) -> tuple[str, list[tuple[Path, str]]]:
@@ -94,7 +99,8 @@ def main() -> None:
         f = bar_figures(pooled_rows(sources))
         m = f["means"]
         print(f"| {label} | {f['n']} | {m['closed']:.3f} | {m['rag']:.3f} | {m['hyper']:.3f} | "
-              f"{m['hyper-wrongdoc']:.3f} | {_share(f['gap_share'])} | {_share(f['lift_lost'])} |")
+              f"{m['hyper-wrongdoc']:.3f} | {_share(f['gap_share'], f['gap'], 'gap')} | "
+              f"{_share(f['lift_lost'], f['lift'], 'lift')} |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bar_intervals import bar_figures, parse_group, pooled_rows  # noqa: E402
+from bar_intervals import _share, bar_figures, parse_group, pooled_rows  # noqa: E402
 
 
 def write_run(run: Path, dataset: str, f1: dict[str, list[float]], prefix: str = "q") -> None:
@@ -50,3 +50,8 @@ def test_a_results_json_with_the_ablation_answers_needs_no_work_directory(tmp_pa
     (tmp_path / "results.json").write_text(json.dumps({"datasets": {"squad": {"predictions": preds}}}))
     f = bar_figures(pooled_rows([(tmp_path, "squad")]))
     assert f["gap_share"][0] == pytest.approx(0.5) and f["lift_lost"][0] == pytest.approx(1.0)
+
+
+def test_a_share_of_a_gap_that_may_be_zero_is_not_given():
+    assert _share((0.34, 0.09, 0.61), (0.276, 0.187, 0.368), "gap") == "34% [9%, 61%]"
+    assert _share((0.34, -1.58, 2.29), (0.096, -0.009, 0.204), "gap") == "not measured: gap +0.096 [-0.009, +0.204]"
