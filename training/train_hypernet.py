@@ -398,7 +398,8 @@ def main() -> None:
         covered = sum(content_hash(d.text) in held for d, _ in train_docs)
         if not covered:  # else recon would be skipped every step, silently
             sys.exit(f"{args.config}: recon_store {cfg['recon_store']} holds no adapter of encoder "
-                     f"{cfg['recon_encoder_key']!r} for base model {encoder.base_model!r} and any training document")
+                     f"{cfg['recon_encoder_key']!r} for base model {encoder.base_model!r} for any of the "
+                     f"{len(train_docs)} training documents")
         log(f"recon: exact adapters for {covered} of {len(train_docs)} training documents")
 
     # The token context starts at zero and added to a warm-started network it has a short run to
