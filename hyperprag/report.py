@@ -9,13 +9,18 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or x != x else f"{x:.{digits}f}"
 
 
+def _defined(values: list[float] | None) -> bool:
+    """A share's interval is NaN where a resample had no gap to divide by: print none rather than 'nan'."""
+    return bool(values) and all(v == v for v in values)
+
+
 def _interval(ci: list[float] | None) -> str:
     """' [lo, hi]' of a 95% bootstrap interval (bench's ``intervals``), or nothing where the run has none."""
-    return "" if not ci else f" [{_f(ci[0], 2)}, {_f(ci[1], 2)}]"
+    return f" [{_f(ci[0], 2)}, {_f(ci[1], 2)}]" if _defined(ci) else ""
 
 
 def _pct_interval(estimate: list[float] | None) -> str:
-    return "" if not estimate else f" [{estimate[1]:.0%}, {estimate[2]:.0%}]"
+    return f" [{estimate[1]:.0%}, {estimate[2]:.0%}]" if _defined(estimate) else ""
 
 
 def _secs(x: float) -> str:
@@ -43,32 +48,42 @@ def verdicts(results: dict) -> list[str]:
             continue
         gap = m["rag"]["f1"] - m["closed"]["f1"]
         intervals = ds.get("intervals", {})
-        if intervals.get("gap") and intervals["gap"][1] <= 0:
-            g = intervals["gap"]
+        g = intervals.get("gap")
+        gap_measured = not (g and g[1] <= 0)
+        if not gap_measured:
             lines.append(f"{name}: the closed->rag gap itself is not clearly above zero on these questions "
                          f"({g[0]:+.3f} [{g[1]:+.3f}, {g[2]:+.3f}]), so no share of it is measured here.")
         for mode in ("prag", "hyper"):
-            if mode in m and abs(gap) > 1e-9:
+            if mode not in m:
+                continue
+            if gap_measured and abs(gap) > 1e-9:
                 share = (m[mode]["f1"] - m["closed"]["f1"]) / gap
                 lines.append(f"{name}: `{mode}` closes {share:.0%}{_pct_interval(intervals.get('gap_share', {}).get(mode))} "
                              f"of the closed->rag F1 gap ({_f(m['closed']['f1'])} -> {_f(m[mode]['f1'])}, "
                              f"rag {_f(m['rag']['f1'])}).")
+            else:
+                lines.append(f"{name}: `{mode}` scores F1 {_f(m[mode]['f1'])} (closed {_f(m['closed']['f1'])}, "
+                             f"rag {_f(m['rag']['f1'])}).")
         if {"prag", "hyper"} <= m.keys():
             d = m["hyper"]["f1"] - m["prag"]["f1"]
-            word = "beat" if d > 0 else "fall short of"
+            word = "match" if abs(d) < 5e-4 else "beat" if d > 0 else "fall short of"
             ci = intervals.get("hyper_minus_prag")
             ci_text = f"; hyper - prag, paired 95% interval [{ci[1]:+.3f}, {ci[2]:+.3f}]" if ci else ""
-            lines.append(f"{name}: generated adapters {word} trained ones by {abs(d):.3f} F1 "
+            by = "" if word == "match" else f" by {abs(d):.3f} F1"
+            lines.append(f"{name}: generated adapters {word} trained ones{by} "
                          f"(hyper {_f(m['hyper']['f1'])} vs prag {_f(m['prag']['f1'])}{ci_text}).")
         for mode, w in ds.get("wrong_document", {}).items():
             lift = w.get("lift_interval")
-            caveat = (f"its lift is not clearly above zero ([{lift[0]:+.3f}, {lift[1]:+.3f}]), so this share is not "
-                      "measured" if lift and lift[0] <= 0 else
-                      "1.0 = all of it, the adapter is specific; meaningless when the lift is near zero")
-            lines.append(f"{name}: with another document's adapters `{mode}` scores F1 {_f(w['f1'])}; "
-                         f"share of its lift lost {_f(w['share_of_lift_lost'], 2)}"
-                         f"{_interval(w.get('share_of_lift_lost_interval'))} (lift over "
-                         f"{w.get('baseline', 'closed')} {w['lift']:+.3f}; {caveat}).")
+            head = (f"{name}: with another document's adapters `{mode}` scores F1 {_f(w['f1'])}; ")
+            if lift and lift[0] <= 0:
+                lines.append(head + f"the share of its lift lost is not measured: its lift over "
+                             f"{w.get('baseline', 'closed')} is not clearly above zero "
+                             f"({w['lift']:+.3f} [{lift[0]:+.3f}, {lift[1]:+.3f}]).")
+            else:
+                lines.append(head + f"share of its lift lost {_f(w['share_of_lift_lost'], 2)}"
+                             f"{_interval(w.get('share_of_lift_lost_interval'))} (lift over "
+                             f"{w.get('baseline', 'closed')} {w['lift']:+.3f}; 1.0 = all of it, the adapter is "
+                             "specific).")
     cost = results.get("cost_seconds_per_doc", {})
     if "exact_over_hyper" in cost:
         r = cost["exact_over_hyper"]
@@ -119,9 +134,11 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
                   "| mode | F1 right adapters | F1 wrong adapters | lift (over) | share of lift lost [95% interval] |",
                   "|---|---|---|---|---|"]
             for m, w in ds["wrong_document"].items():
+                lift = w.get("lift_interval")
+                share = (f"not measured (lift [{lift[0]:+.3f}, {lift[1]:+.3f}])" if lift and lift[0] <= 0 else
+                         f"{_f(w['share_of_lift_lost'], 2)}{_interval(w.get('share_of_lift_lost_interval'))}")
                 L.append(f"| {m} | {_f(ds['modes'][m]['f1'])} | {_f(w['f1'])} | {w['lift']:+.3f} "
-                         f"({w.get('baseline', 'closed')}) | {_f(w['share_of_lift_lost'], 2)}"
-                         f"{_interval(w.get('share_of_lift_lost_interval'))} |")
+                         f"({w.get('baseline', 'closed')}) | {share} |")
         if ds.get("similarity"):
             first = next(iter(ds["similarity"].values()))
             L += ["", f"Mean pairwise cosine of the per-document deltas (first {len(first['matrix'])} passages, "
