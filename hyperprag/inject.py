@@ -37,10 +37,15 @@ def lora_hooks(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Te
             if a.dim() == 2:
                 delta = (x @ a.to(x.dtype).T) @ b.to(x.dtype).T
             else:
-                if x.shape[0] != a.shape[0]:
-                    raise ValueError(f"batch has {x.shape[0]} rows but {a.shape[0]} per-row adapters were injected")
-                low = torch.einsum("bti,bri->btr", x, a.to(x.dtype))
+                rows = a.shape[0]
+                # OPT flattens (batch, tokens) into one axis before its FFN; rows stay batch-major.
+                flat = x.dim() == 2 and x.shape[0] % rows == 0
+                xb = x.reshape(rows, -1, x.shape[-1]) if flat else x
+                if xb.shape[0] != rows:
+                    raise ValueError(f"batch has {x.shape[0]} rows but {rows} per-row adapters were injected")
+                low = torch.einsum("bti,bri->btr", xb, a.to(x.dtype))
                 delta = torch.einsum("btr,bor->bto", low, b.to(x.dtype))
+                delta = delta.reshape(*x.shape[:-1], delta.shape[-1]) if flat else delta
             return output + scaling * delta
         return hook
 

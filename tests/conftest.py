@@ -17,15 +17,26 @@ TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atten
             num_key_value_heads=2, vocab_size=30522, max_position_embeddings=512)
 
 
+# Every architecture hyperprag lists as supported (models._MODEL_TYPE_LAYOUT), so each is tested.
+ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2", "gpt_neox", "opt"]
+
+
 def tiny_config(arch: str):
-    from transformers import (Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config)
+    import transformers
 
     if arch == "gpt2":
-        return GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=TINY["vocab_size"], n_positions=512)
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig,
-           "gemma3_text": Gemma3TextConfig}[arch]
-    extra = {"head_dim": 8} if arch == "gemma3_text" else {}
-    return cls(**TINY, **extra)
+        return transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=TINY["vocab_size"], n_positions=512)
+    if arch == "opt":
+        return transformers.OPTConfig(hidden_size=32, ffn_dim=64, word_embed_proj_dim=32, num_hidden_layers=2,
+                                      num_attention_heads=4, vocab_size=TINY["vocab_size"],
+                                      max_position_embeddings=512)
+    cls = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config", "mistral": "MistralConfig",
+           "gemma": "GemmaConfig", "gemma2": "Gemma2Config", "gemma3_text": "Gemma3TextConfig",
+           "phi3": "Phi3Config", "gpt_neox": "GPTNeoXConfig"}[arch]
+    extra = {"head_dim": 8} if arch in ("gemma", "gemma2", "gemma3_text", "qwen3") else {}
+    if arch == "phi3":
+        extra = {"pad_token_id": 0}  # its default (32000) lies outside the tiny vocabulary
+    return getattr(transformers, cls)(**TINY, **extra)
 
 
 def tiny_model(arch: str = "llama", seed: int = 0):

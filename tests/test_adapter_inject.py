@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import random_adapter, tiny_model
+from conftest import ARCHS, random_adapter, tiny_model
 from hyperprag.adapter import AdapterMismatchError, DocAdapter
 from hyperprag.inject import inject
 from hyperprag.merge import merge_adapters
@@ -30,7 +30,7 @@ def test_damaged_bytes_are_reported():
         DocAdapter.from_bytes(b"garbage" * 10, "x.safetensors")
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_injection_changes_output_and_restores_base_exactly(arch):
     model = tiny_model(arch)
     ids = IDS.clamp(max=model.config.vocab_size - 1)
@@ -67,8 +67,9 @@ def test_sum_merge_is_exact_sum_of_deltas_and_mean_is_average():
     assert merged.doc_hash != mean.doc_hash and merged.doc_hash == merge_adapters(ads, "concat").doc_hash
 
 
-def test_per_row_batch_equals_rows_one_by_one():
-    model = tiny_model()
+@pytest.mark.parametrize("arch", ARCHS)  # OPT flattens its rows before the FFN (session 29's fix)
+def test_per_row_batch_equals_rows_one_by_one(arch):
+    model = tiny_model(arch)
     a1 = merge_adapters([random_adapter(model, 1), random_adapter(model, 2)])  # rank 4
     a2 = random_adapter(model, 3)                                             # rank 2
     ids = torch.cat([IDS, IDS[:1]])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import ARCHS, tiny_model
 from hyperprag.adapter import AdapterMismatchError
 from hyperprag.data import Passage
 from hyperprag.hyper_encoder import HyperEncoder
@@ -24,7 +24,7 @@ class HashSource:
         return torch.stack(rows)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_generated_adapters_have_every_target_at_exact_shapes(arch):
     model = tiny_model(arch)
     enc = HyperEncoder.create(model, HashSource(), rank=2, alpha=32, hidden=32)

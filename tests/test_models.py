@@ -1,18 +1,17 @@
 import pytest
 from torch import nn
 
-from conftest import tiny_model
+from conftest import ARCHS, tiny_model
 from hyperprag.errors import HyperpragError
 from hyperprag.models import find_ffn_targets, model_id, resolve_model_path
-
-ARCHS = ["llama", "qwen2", "mistral", "gemma3_text", "gpt2"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_ffn_targets_cover_every_layer_with_right_shapes(arch):
     model = tiny_model(arch)
     targets = find_ffn_targets(model)
-    roles = ("up", "down") if arch == "gpt2" else ("gate", "up", "down")
+    roles = {"gpt2": ("up", "down"), "gpt_neox": ("up", "down"), "opt": ("up", "down"),
+             "phi3": ("gate_up", "down")}.get(arch, ("gate", "up", "down"))
     assert [t.role for t in targets] == list(roles) * 2
     assert [t.layer for t in targets] == [0] * len(roles) + [1] * len(roles)
     hidden = 32
