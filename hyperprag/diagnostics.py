@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 from .adapter import DocAdapter
 from .data import Passage, QAExample
-from .hyper_objectives import AnswerBatch, answer_logits, distill_loss, lm_loss, passage_batch, qa_batches
+from .hyper_objectives import AnswerBatch, answer_batch, answer_logits, distill_loss, lm_loss, passage_batch
 from .inject import lora_hooks
+from .prompts import build_prompt
 
 
 def delta_inner(x: DocAdapter, y: DocAdapter) -> float:
@@ -56,7 +57,10 @@ def mean_off_diagonal(sim: torch.Tensor) -> float:
 
 
 def wrong_document(adapters: Sequence[DocAdapter], seed: int = 0) -> list[DocAdapter]:
-    """Each position gets the adapter of a random *other* document (a derangement by content)."""
+    """Each position gets the adapter of a random *other* document, drawn independently per position
+    (with replacement: an adapter may stand in for several positions and another for none). Only
+    "never its own document" matters for the ablation, and independent draws keep every figure
+    already reported reproducible with its seed."""
     if len({a.doc_hash for a in adapters}) < 2:
         raise ValueError("the wrong-document ablation needs adapters of at least two documents")
     rng = random.Random(seed)
@@ -100,8 +104,15 @@ def answer_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, exam
     """
     if len(examples) != len(adapters) or not examples:
         raise ValueError("need one adapter (or None) per question, and at least one question")
-    return _mean_loss(model, [qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])[int(in_context)]
-                              for ex in examples], adapters)
+    return _mean_loss(model, [_gold_answer(tokenizer, ex, in_context) for ex in examples], adapters)
+
+
+def _gold_answer(tokenizer: PreTrainedTokenizerBase, ex: QAExample, in_context: bool) -> AnswerBatch:
+    """The question's first gold answer after its prompt: closed-book needs no passage, so a
+    question without one (a corpus-retrieval dataset) is scored closed-book rather than refused."""
+    if in_context and not ex.passages:
+        raise ValueError(f"question {ex.id!r} has no passage to put in the prompt")
+    return answer_batch(tokenizer, [build_prompt(ex.question, ex.passages[:1] if in_context else ())], [ex.answers[0]])
 
 
 @torch.inference_mode()
@@ -118,7 +129,7 @@ def first_word(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examp
         raise ValueError("need one adapter (or None) per question, and at least one question")
     loss = hits = 0.0
     for ex, ad in zip(examples, adapters):
-        batch = qa_batches(tokenizer, ex.passages[:1], [ex.question], [ex.answers[0]])[int(in_context)]
+        batch = _gold_answer(tokenizer, ex, in_context)
         j = int(batch.first.nonzero()[0])
         with lora_hooks(model, ad.factors, scaling=ad.scaling) if ad is not None else nullcontext():
             logits = answer_logits(model, batch)[j]

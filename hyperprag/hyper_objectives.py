@@ -114,6 +114,9 @@ def answer_logits(model: PreTrainedModel, batch: AnswerBatch) -> torch.Tensor:
 def qa_batches(tokenizer: PreTrainedTokenizerBase, docs: Sequence[Passage], questions: Sequence[str],
                answers: Sequence[str]) -> tuple[AnswerBatch, AnswerBatch]:
     """Student (closed-book prompt) and teacher (document in the prompt) batches for the same answers."""
+    if not len(docs) == len(questions) == len(answers):
+        raise ValueError(f"need one document and one answer per question: {len(docs)} documents, "
+                         f"{len(questions)} questions, {len(answers)} answers")
     student = answer_batch(tokenizer, [build_prompt(q) for q in questions], answers)
     teacher = answer_batch(tokenizer, [build_prompt(q, [d]) for q, d in zip(questions, docs)], answers)
     return student, teacher

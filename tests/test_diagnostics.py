@@ -73,6 +73,12 @@ def test_answer_loss_with_and_without_per_question_adapters(tokenizer):
     assert answer_loss(model, tokenizer, exs, [ad, None]) != pytest.approx(base, rel=1e-3)
     with pytest.raises(ValueError):
         answer_loss(model, tokenizer, exs, [None])
+    # a question without a passage (a corpus-retrieval dataset) is scored closed-book, and refused
+    # by name only where the passage would go into the prompt (it crashed on an empty batch)
+    bare = [QAExample(e.id, e.question, e.answers, []) for e in exs]
+    assert answer_loss(model, tokenizer, bare, [None, None]) == pytest.approx(base, rel=1e-5)
+    with pytest.raises(ValueError, match="question '0' has no passage"):
+        answer_loss(model, tokenizer, bare, [None, None], in_context=True)
 
 
 def test_passage_loss_scores_each_document_after_its_title_with_its_own_adapter(tokenizer):
@@ -153,3 +159,12 @@ def test_fit_adapter_distils_the_teacher_and_fits_gold_answers(tokenizer):
         with lora_hooks(model, gold, scaling=16.0):
             after = float(lm_loss(answer_logits(model, student), student))
     assert after < before - 0.3, (after, before)
+
+
+def test_qa_batches_refuse_questions_without_a_document(tokenizer):
+    """zip() used to drop the extra questions from the teacher batch only, misaligning the two."""
+    from hyperprag.data import Passage
+    from hyperprag.hyper_objectives import qa_batches
+
+    with pytest.raises(ValueError, match="1 documents, 2 questions"):
+        qa_batches(tokenizer, [Passage("t", "Some passage.")], ["Who?", "Where?"], ["A", "B"])
