@@ -80,6 +80,12 @@ def answer_batch(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], ans
     seqs, rows, positions, targets, first = [], [], [], [], []
     for i, (p, a) in enumerate(zip(prompts, answers)):
         p_ids = tokenizer(p)["input_ids"]
+        if not p_ids:  # an untitled passage under a tokenizer without BOS (GPT-2): condition on BOS/EOS,
+            # else the first answer token would be read from position -1, the row's padding
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            if start is None:
+                raise ValueError("an empty prompt needs a BOS or EOS token to start from; the tokenizer has neither")
+            p_ids = [start]
         a_ids = tokenizer(f" {a.strip()}\n", add_special_tokens=False)["input_ids"]
         seqs.append(p_ids + a_ids)
         # Gemma spells " 308" as " ", "3", "0", "8": the word greedy decoding must get right is "3".

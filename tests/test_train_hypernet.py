@@ -432,3 +432,25 @@ def test_shipped_configs_are_valid_and_say_when_their_start_is_retired(config):
     script._check_types(cfg, str(config))
     if cfg["init_from"] and not (ROOT / cfg["init_from"]).is_dir():
         assert f"init_from below ({cfg['init_from']}) is retired" in config.read_text().splitlines()[0]
+
+
+def test_answer_batch_starts_an_empty_prompt_from_a_start_token(tokenizer):
+    """A tokenizer that adds no BOS (GPT-2) and an untitled passage give an empty prompt: the first
+    answer token must be predicted from a real position, not from -1 (the row's last, padding)."""
+    from hyperprag.hyper_objectives import answer_batch
+
+    class NoSpecials:
+        pad_token_id, bos_token_id, eos_token_id = tokenizer.pad_token_id, None, 7
+
+        def __call__(self, text, **kwargs):
+            return tokenizer(text, add_special_tokens=False)
+
+        def decode(self, ids):
+            return tokenizer.decode(ids)
+
+    batch = answer_batch(NoSpecials(), ["", "Title:"], ["Pell Okonjo rowed", "x"])
+    assert int(batch.input_ids[0, 0]) == 7 and int(batch.positions.min()) == 0
+    assert batch.positions[batch.rows == 0].tolist() == list(range(int((batch.rows == 0).sum())))
+    NoSpecials.eos_token_id = None
+    with pytest.raises(ValueError, match="neither"):
+        answer_batch(NoSpecials(), [""], ["x"])
