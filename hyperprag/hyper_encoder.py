@@ -167,7 +167,12 @@ class HyperEncoder(DocumentEncoder):
         weights = root / "model.safetensors"
         if not weights.exists():
             raise HyperpragError(f"{root} has a config.json but no model.safetensors")
-        hypernet.load_state_dict(load_file(str(weights)))
+        try:
+            hypernet.load_state_dict(load_file(str(weights)))
+        except Exception as err:  # a damaged file (SafetensorError) or weights of another config (RuntimeError)
+            why = " ".join(str(err).split()) or type(err).__name__
+            why = why if len(why) <= 300 else why[:300] + " ..."
+            raise HyperpragError(f"{weights} does not hold the weights its config.json describes: {why}") from None
         return cls(hypernet, source, name, targets)
 
     @classmethod

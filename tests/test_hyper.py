@@ -149,6 +149,15 @@ def test_a_directory_that_is_no_checkpoint_is_refused_in_one_line(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(HyperpragError, match="has a config.json but no model.safetensors"):
         HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=HashSource())
+    # damaged weights, or weights of another config, are named in one line, not a traceback
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors" * 10)
+    with pytest.raises(HyperpragError, match="model.safetensors does not hold the weights its config.json"):
+        HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=HashSource())
+    from safetensors.torch import save_file
+    save_file(HyperEncoder.create(tiny_model(), HashSource(), hidden=48).hypernet.state_dict(),
+              str(tmp_path / "model.safetensors"))
+    with pytest.raises(HyperpragError, match="does not hold the weights .*size mismatch"):
+        HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=HashSource())
 
 
 def test_embedding_sources_real_minilm_and_hidden_states(tokenizer):
