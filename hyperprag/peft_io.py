@@ -52,6 +52,14 @@ def import_peft(peft_dir: str | Path, model: PreTrainedModel) -> DocAdapter:
         raise HyperpragError(f"{root} is not a PEFT adapter directory (no adapter_config.json)") from None
     if config.get("peft_type") != "LORA":
         raise HyperpragError(f"{root}: only LoRA adapters can be imported, not {config.get('peft_type')}")
+    if config.get("use_dora"):
+        raise HyperpragError(f"{root}: a DoRA adapter is not a sum of low-rank deltas; only plain LoRA can be imported")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key):  # per-module ranks or alphas would need a scaling per module
+            raise HyperpragError(f"{root}: adapter_config.json sets {key}; only one rank and alpha for all "
+                                 "modules can be imported")
+    if "r" not in config or "lora_alpha" not in config:
+        raise HyperpragError(f"{root}/adapter_config.json lacks 'r' or 'lora_alpha'")
     rank, alpha = config["r"], config["lora_alpha"]
     scaling = alpha / rank ** 0.5 if config.get("use_rslora") else alpha / rank
     weights = root / "adapter_model.safetensors"
@@ -66,7 +74,10 @@ def import_peft(peft_dir: str | Path, model: PreTrainedModel) -> DocAdapter:
         name = key[: -len(".lora_A.weight")].removeprefix(_PREFIX)
         if name not in targets:
             raise HyperpragError(f"{root}: module '{name}' is not an FFN projection of '{model_id(model)}'")
-        factors[name] = (a.float(), tensors[key.replace(".lora_A.", ".lora_B.")].float())
+        b = tensors.get(key.replace(".lora_A.", ".lora_B."))
+        if b is None:
+            raise HyperpragError(f"{root}: module '{name}' has lora_A but no lora_B weights")
+        factors[name] = (a.float(), b.float())
     if not factors:
         raise HyperpragError(f"{root}: no LoRA weights found")
     return DocAdapter(factors, scaling, model_id(model), "peft", "1",

@@ -65,3 +65,32 @@ def test_import_refuses_non_ffn_modules(tmp_path):
     get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path)
     with pytest.raises(HyperpragError, match="not an FFN projection"):
         import_peft(tmp_path, tiny_model())
+
+
+def test_import_refuses_what_it_cannot_represent_in_one_line(tmp_path):
+    """Per-module ranks or alphas and DoRA would import silently wrong; a half-written file would
+    give a KeyError traceback."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+
+    ffn = ["gate_proj", "up_proj", "down_proj"]
+    for extra, message in [({"alpha_pattern": {"down_proj": 64}}, "sets alpha_pattern"),
+                           ({"rank_pattern": {"down_proj": 4}}, "sets rank_pattern"),
+                           ({"use_dora": True}, "DoRA")]:
+        out = tmp_path / message.replace(" ", "_")
+        get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=ffn, **extra)).save_pretrained(out)
+        with pytest.raises(HyperpragError, match=message):
+            import_peft(out, tiny_model())
+    out = tmp_path / "plain"
+    get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=ffn)).save_pretrained(out)
+    weights = out / "adapter_model.safetensors"
+    save_file({k: v for k, v in load_file(str(weights)).items() if "layers.0.mlp.up_proj.lora_B" not in k}, str(weights))
+    with pytest.raises(HyperpragError, match="up_proj' has lora_A but no lora_B"):
+        import_peft(out, tiny_model())
+    config = json.loads((out / "adapter_config.json").read_text())
+    del config["lora_alpha"]
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(HyperpragError, match="lacks 'r' or 'lora_alpha'"):
+        import_peft(out, tiny_model())
