@@ -73,7 +73,8 @@ def _scaled(adapter: DocAdapter, device, dtype) -> dict[str, tuple[torch.Tensor,
 def _stack_rows(adapters: Sequence[DocAdapter | None], shapes, device, dtype):
     """Per-row factors (batch, R, in) and (batch, out, R); rows with no adapter or a lower rank get zeros."""
     present = [ad for ad in adapters if ad is not None]
-    names = list(present[0].factors)
+    # every module any row adapts (an imported PEFT adapter may cover only some); the others get zeros
+    names = list(dict.fromkeys(n for ad in present for n in ad.factors))
     max_rank = max(ad.rank for ad in present)
     stacked = {}
     for name in names:
@@ -81,7 +82,7 @@ def _stack_rows(adapters: Sequence[DocAdapter | None], shapes, device, dtype):
         a_all = torch.zeros(len(adapters), max_rank, fan_in, device=device, dtype=dtype)
         b_all = torch.zeros(len(adapters), fan_out, max_rank, device=device, dtype=dtype)
         for row, ad in enumerate(adapters):
-            if ad is None:
+            if ad is None or name not in ad.factors:
                 continue
             a, b = ad.factors[name]
             a_all[row, : a.shape[0]] = a.to(device, dtype)

@@ -83,6 +83,21 @@ def test_per_row_batch_equals_rows_one_by_one(arch):
     assert torch.allclose(batched, torch.cat([row0, row1, row2]), atol=1e-5)
 
 
+def test_per_row_adapters_over_different_modules_each_keep_their_own():
+    """Module names came from the first row's adapter: a later row's extra modules were dropped."""
+    model = tiny_model()
+    full = random_adapter(model, 1)
+    down = list(full.factors)[2]
+    partial = DocAdapter({down: full.factors[down]}, full.scaling, full.base_model, "test", "1", "partial")
+    with inject(model, [partial, full]):
+        batched = logits(model)
+    with inject(model, partial):
+        row0 = logits(model, IDS[0:1])
+    with inject(model, full):
+        row1 = logits(model, IDS[1:2])
+    assert torch.allclose(batched, torch.cat([row0, row1]), atol=1e-5)
+
+
 def test_adapter_for_another_model_is_refused_naming_both():
     model = tiny_model()
     ad = random_adapter(model)
