@@ -61,7 +61,10 @@ def parse_qa(completion: str, doc_text: str, max_answer_words: int = 12) -> list
     """QA pairs from a completion that continues after ``Question:``.
 
     A small base model often invents answers, so a pair is kept only if its answer occurs in the
-    document (after SQuAD normalisation) and is not just repeated from its question.
+    document (after SQuAD normalisation) and is not just repeated from its question. Both are
+    matched as whole words: before session 29 the question test matched characters, so "autumn"
+    was refused for a question saying "autumnal". Cached augmentations written under that test
+    are kept (each of their pairs passes this one too).
     """
     text = "Question:" + completion.split("\n\n", 1)[0]
     doc_norm = f" {normalize_answer(doc_text)} "
@@ -70,7 +73,7 @@ def parse_qa(completion: str, doc_text: str, max_answer_words: int = 12) -> list
         q, a = m.group("q").strip(), m.group("a").strip().rstrip(".").strip()
         a_norm = normalize_answer(a)
         if (not a_norm or len(a.split()) > max_answer_words or q.lower() in seen
-                or f" {a_norm} " not in doc_norm or a_norm in normalize_answer(q)):
+                or f" {a_norm} " not in doc_norm or f" {a_norm} " in f" {normalize_answer(q)} "):
             continue
         seen.add(q.lower())
         pairs.append((q, a))

@@ -20,9 +20,11 @@ def test_parse_qa_keeps_grounded_pairs_only():
                   "Question: Where is the race held?\nAnswer: Lake Ennisar\n"
                   "Question: Who is Pell Okonjo?\nAnswer: Pell Okonjo\n"         # repeats the question
                   "Question: Where is the race held?\nAnswer: Lake Ennisar\n"    # duplicate
+                  "Question: In which autumnal season is it rowed?\nAnswer: autumn\n"  # a word, not in the question
                   "\nPassage: next example")
     assert parse_qa(completion, DOC.text) == [("Who founded the Glass Regatta?", "Pell Okonjo"),
-                                              ("Where is the race held?", "Lake Ennisar")]
+                                              ("Where is the race held?", "Lake Ennisar"),
+                                              ("In which autumnal season is it rowed?", "autumn")]
 
 
 def test_parse_rewrite_takes_one_line_and_rejects_fragments():
