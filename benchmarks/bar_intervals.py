@@ -12,7 +12,8 @@ runs (slices of one dataset, say) question by question and prints each share wit
 Each argument is ``LABEL=DIR:DATASET[,DIR:DATASET...]``: a bench output directory (its
 results.json, or for runs before session 28 its ``work/``, holds every answer, the wrong-document
 ones too) and the dataset's name there. A run needs the
-closed, rag and hyper modes; a question (by id) may be in one source only.
+closed and rag modes and the adapter mode measured (``--mode``: hyper, the default, or prag, the
+trained adapters, with the same bar); a question (by id) may be in one source only.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from answer_kinds import answers  # noqa: E402
 from hyperprag.metrics import bootstrap_share, paired_bootstrap  # noqa: E402
 
-MODES = ("closed", "rag", "hyper", "hyper-wrongdoc")
+def modes(mode: str = "hyper") -> tuple[str, ...]:
+    return ("closed", "rag", mode, f"{mode}-wrongdoc")
 
 
 def f1_by_id(run: Path, dataset: str, mode: str) -> dict[str, float]:
@@ -39,32 +41,33 @@ def f1_by_id(run: Path, dataset: str, mode: str) -> dict[str, float]:
     return {i: r["f1"] for i, r in answers(run / "work", dataset, mode).items()}
 
 
-def pooled_rows(sources: list[tuple[Path, str]]) -> list[dict[str, float]]:
-    """One row per question of every source: its F1 in each of MODES."""
+def pooled_rows(sources: list[tuple[Path, str]], mode: str = "hyper") -> list[dict[str, float]]:
+    """One row per question of every source: its F1 closed-book, with rag, and with ``mode``'s own
+    and another question's adapters."""
     rows, seen = [], set()
     for run, dataset in sources:
-        by_mode = {m: f1_by_id(run, dataset, m) for m in MODES}
+        by_mode = {m: f1_by_id(run, dataset, m) for m in modes(mode)}
         ids = set(by_mode["closed"])
         if any(set(a) != ids for a in by_mode.values()):
             raise SystemExit(f"{run}: the modes of {dataset} answer different questions")
         if ids & seen:  # slices that overlap would count a question twice and narrow the interval
             raise SystemExit(f"{run}: {len(ids & seen)} questions of {dataset} are already in an earlier source")
         seen |= ids
-        rows += [{m: by_mode[m][i] for m in MODES} for i in sorted(ids)]
+        rows += [{m: by_mode[m][i] for m in by_mode} for i in sorted(ids)]
     return rows
 
 
-def bar_figures(rows: list[dict[str, float]]) -> dict:
-    """Mean F1 per mode; the share of the gap hyper closes and of its lift the wrong adapters lose,
-    each (estimate, low, high)."""
-    col = {m: [r[m] for r in rows] for m in MODES}
+def bar_figures(rows: list[dict[str, float]], mode: str = "hyper") -> dict:
+    """Mean F1 per mode; the share of the gap ``mode`` closes and of its lift the wrong adapters
+    lose, each (estimate, low, high)."""
+    col = {m: [r[m] for r in rows] for m in modes(mode)}
     means = {m: sum(v) / len(v) for m, v in col.items()}
-    gap = bootstrap_share([h - c for h, c in zip(col["hyper"], col["closed"])],
+    gap = bootstrap_share([h - c for h, c in zip(col[mode], col["closed"])],
                           [r - c for r, c in zip(col["rag"], col["closed"])])
-    lost = bootstrap_share([h - w for h, w in zip(col["hyper"], col["hyper-wrongdoc"])],
-                           [h - c for h, c in zip(col["hyper"], col["closed"])])
+    lost = bootstrap_share([h - w for h, w in zip(col[mode], col[f"{mode}-wrongdoc"])],
+                           [h - c for h, c in zip(col[mode], col["closed"])])
     return {"n": len(rows), "means": means, "gap_share": gap, "lift_lost": lost,
-            "gap": paired_bootstrap(col["rag"], col["closed"]), "lift": paired_bootstrap(col["hyper"], col["closed"])}
+            "gap": paired_bootstrap(col["rag"], col["closed"]), "lift": paired_bootstrap(col[mode], col["closed"])}
 
 
 def _share(x: tuple[float, float, float], of: tuple[float, float, float], what: str) -> str:
@@ -91,15 +94,17 @@ def parse_group(spec: str) -> tuple[str, list[tuple[Path, str]]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("groups", nargs="+", metavar="LABEL=DIR:DATASET[,DIR:DATASET...]")
+    ap.add_argument("--mode", choices=("hyper", "prag"), default="hyper",
+                    help="the adapters measured: generated (hyper) or trained (prag)")
     args = ap.parse_args()
-    print("| questions | n | closed | rag | hyper | wrong adapters | share of the gap closed (bar: 50%) "
+    print(f"| questions | n | closed | rag | {args.mode} | wrong adapters | share of the gap closed (bar: 50%) "
           "| share of the lift lost (bar: 80%) |\n|---|---|---|---|---|---|---|---|")
     for spec in args.groups:
         label, sources = parse_group(spec)
-        f = bar_figures(pooled_rows(sources))
+        f = bar_figures(pooled_rows(sources, args.mode), args.mode)
         m = f["means"]
-        print(f"| {label} | {f['n']} | {m['closed']:.3f} | {m['rag']:.3f} | {m['hyper']:.3f} | "
-              f"{m['hyper-wrongdoc']:.3f} | {_share(f['gap_share'], f['gap'], 'gap')} | "
+        print(f"| {label} | {f['n']} | {m['closed']:.3f} | {m['rag']:.3f} | {m[args.mode]:.3f} | "
+              f"{m[args.mode + '-wrongdoc']:.3f} | {_share(f['gap_share'], f['gap'], 'gap')} | "
               f"{_share(f['lift_lost'], f['lift'], 'lift')} |")
 
 

@@ -31,6 +31,13 @@ def test_runs_pool_by_question_and_the_shares_follow_the_bar(tmp_path):
     assert f["means"]["rag"] == pytest.approx(0.5) and f["n"] == 40
     assert f["gap_share"] == pytest.approx((0.5, 0.5, 0.5))
     assert f["lift_lost"] == pytest.approx((0.75, 0.75, 0.75))
+    # the trained adapters against the same bar: prag's own columns, not hyper's
+    write_run(tmp_path / "d", "squad", {"closed": [0.0] * 4, "rag": [1.0] * 4, "prag": [0.25] * 4,
+                                        "prag-wrongdoc": [0.0] * 4}, prefix="p")
+    f = bar_figures(pooled_rows([(tmp_path / "d", "squad")], "prag"), "prag")
+    assert f["gap_share"] == pytest.approx((0.25, 0.25, 0.25)) and f["lift_lost"] == pytest.approx((1.0, 1.0, 1.0))
+    with pytest.raises(SystemExit, match="squad/hyper"):
+        pooled_rows([(tmp_path / "d", "squad")])
 
 
 def test_modes_on_different_questions_and_bad_specs_are_refused(tmp_path):
