@@ -14,6 +14,13 @@ def _defined(values: list[float] | None) -> bool:
     return bool(values) and all(v == v for v in values)
 
 
+def _lift_unmeasured(w: dict) -> bool:
+    """Whether a wrong-document entry's lift interval reaches zero: its share of that lift lost is
+    then the share of nothing measurable, and is not printed."""
+    lift = w.get("lift_interval")
+    return bool(lift) and lift[0] <= 0
+
+
 def _interval(ci: list[float] | None) -> str:
     """' [lo, hi]' of a 95% bootstrap interval (bench's ``intervals``), or nothing where the run has none."""
     return f" [{_f(ci[0], 2)}, {_f(ci[1], 2)}]" if _defined(ci) else ""
@@ -75,7 +82,7 @@ def verdicts(results: dict) -> list[str]:
         for mode, w in ds.get("wrong_document", {}).items():
             lift = w.get("lift_interval")
             head = (f"{name}: with another document's adapters `{mode}` scores F1 {_f(w['f1'])}; ")
-            if lift and lift[0] <= 0:
+            if _lift_unmeasured(w):
                 lines.append(head + f"the share of its lift lost is not measured: its lift over "
                              f"{w.get('baseline', 'closed')} is not clearly above zero "
                              f"({w['lift']:+.3f} [{lift[0]:+.3f}, {lift[1]:+.3f}]).")
@@ -135,7 +142,7 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
                   "|---|---|---|---|---|"]
             for m, w in ds["wrong_document"].items():
                 lift = w.get("lift_interval")
-                share = (f"not measured (lift [{lift[0]:+.3f}, {lift[1]:+.3f}])" if lift and lift[0] <= 0 else
+                share = (f"not measured (lift [{lift[0]:+.3f}, {lift[1]:+.3f}])" if _lift_unmeasured(w) else
                          f"{_f(w['share_of_lift_lost'], 2)}{_interval(w.get('share_of_lift_lost_interval'))}")
                 L.append(f"| {m} | {_f(ds['modes'][m]['f1'])} | {_f(w['f1'])} | {w['lift']:+.3f} "
                          f"({w.get('baseline', 'closed')}) | {share} |")
