@@ -212,8 +212,9 @@ class ExactEncoder(DocumentEncoder):
         steps = []  # per optimiser step: its target count and its passes, the same every epoch
         for batch in self._batches(len(rows)):
             batch_rows = [rows[i] for i in batch]
-            targets = sum(sum(label != -100 for label in labels[1:]) for _, labels in batch_rows)
             passes = [self._collate([batch_rows[j] for j in group]) for group in self._passes(batch_rows)]
+            # counted after collation, which cuts sequences longer than ``pad_to``
+            targets = sum(int((p["labels"][:, 1:] != -100).sum()) for p in passes)
             steps.append((targets, passes))
         with torch.enable_grad():
             for _ in range(cfg.epochs):

@@ -86,6 +86,19 @@ def test_fixed_padding_trains_the_same_lora_as_dynamic(tokenizer):
         assert torch.allclose(a.factors[name][1], b.factors[name][1], atol=1e-5)
 
 
+def test_fixed_padding_that_cuts_sequences_averages_over_the_targets_it_keeps(tokenizer):
+    # pad_to shorter than the passage cuts it, so a step's mean must be over the targets left,
+    # as the same sequences cut beforehand and trained with dynamic padding give.
+    cut, _ = make_encoder(tokenizer, lr=1e-2, epochs=2, batch_size=2)
+    padded, _ = make_encoder(tokenizer, lr=1e-2, epochs=2, batch_size=2, pad_to=12)
+    tokenize = cut._tokenize
+    cut._tokenize = lambda s: tuple(part[:12] for part in tokenize(s))
+    assert max(len(tokenize(s)[0]) for s in training_sequences(DOC, AUG)) > 12
+    [a], [b] = cut.encode([DOC]), padded.encode([DOC])
+    for name in a.factors:
+        assert torch.allclose(a.factors[name][1], b.factors[name][1], atol=1e-5)
+
+
 def test_a_batch_is_split_into_passes_of_similar_length(tokenizer):
     def row(length, prompt=0):
         return list(range(length)), [-100] * prompt + list(range(prompt, length))
