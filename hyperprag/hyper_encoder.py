@@ -173,7 +173,8 @@ class HyperEncoder(DocumentEncoder):
             why = " ".join(str(err).split()) or type(err).__name__
             why = why if len(why) <= 300 else why[:300] + " ..."
             raise HyperpragError(f"{weights} does not hold the weights its config.json describes: {why}") from None
-        return cls(hypernet, source, name, targets)
+        # beside the model it writes adapters for, so that on a GPU one forward pass stays on it
+        return cls(hypernet.to(next(model.parameters()).device), source, name, targets)
 
     @classmethod
     def create(cls, model: PreTrainedModel, source: EmbeddingSource, **hyper_kw) -> HyperEncoder:

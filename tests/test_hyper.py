@@ -112,6 +112,14 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(x.factors[name][1], y.factors[name][1])
 
 
+def test_a_loaded_hypernetwork_sits_on_its_models_device(tmp_path):
+    HyperEncoder.create(tiny_model(), HashSource(), hidden=32).save_pretrained(tmp_path)
+    with torch.device("meta"):  # a device other than the CPU the checkpoint loads onto
+        model = tiny_model()
+    back = HyperEncoder.from_pretrained(tmp_path, model, source=HashSource())
+    assert {p.device.type for p in back.hypernet.parameters()} == {"meta"}
+
+
 def test_loading_on_another_model_names_both(tmp_path):
     HyperEncoder.create(tiny_model("llama"), HashSource(), hidden=32).save_pretrained(tmp_path)
     with pytest.raises(AdapterMismatchError, match="'tiny-llama', not 'tiny-qwen2'"):
