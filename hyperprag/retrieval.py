@@ -71,6 +71,7 @@ def retrieve(example: QAExample, k: int = 3, corpus_index: PassageIndex | None =
         return corpus_index.search(example.question, k)
     if not example.passages:
         raise ValueError(f"question {example.id} has no candidate passages; pass a corpus")
-    if len(example.passages) <= k:
+    if len(example.passages) == 1:
         return list(example.passages)
+    # ranked even when k covers every candidate: the prompt lists passages best first
     return build_index(example.passages, method, embedder).search(example.question, k)

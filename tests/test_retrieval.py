@@ -23,6 +23,8 @@ def test_retrieve_uses_own_candidates_without_corpus():
     ex = QAExample("q", "What does the library hold?", ["Amberlin Codex"], passages=PASSAGES)
     assert retrieve(ex, k=1)[0].id == "p3"
     assert len(retrieve(ex, k=3)) == 3
+    # k covering every candidate returns them all, still best first
+    assert [p.id for p in retrieve(ex, k=10)][0] == "p3" and len(retrieve(ex, k=10)) == 4
 
 
 def test_dense_index_with_packaged_embedder():
