@@ -291,3 +291,15 @@ def test_report_table_leaves_an_unmeasured_share_out(tmp_path):
     text = write_report(results, tmp_path, {}).read_text()
     assert "| hyper | 0.160 | 0.064 | +0.033 (closed) | not measured (lift [-0.044, +0.118]) |" in text
     assert "| hyper | 0.177 | 0.063 | +0.095 (closed) | 1.20 [0.69, 2.98] |" in text
+
+
+def test_hypernetwork_cost_feeds_embeddings_to_the_hypernetworks_device():
+    # Embedding sources return CPU tensors; on a GPU the timed forward pass must move them there.
+    from test_hyper import DOCS, HashSource
+    from conftest import tiny_model
+    from hyperprag.hyper_encoder import HyperEncoder
+
+    enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32)
+    enc.hypernet.to("meta")  # a device other than the embeddings' CPU
+    enc.encode = lambda docs: None  # its own device handling is tested in test_hyper
+    assert set(bench_mod.hyper_cost(enc, DOCS, repeats=1)) == {"batch1", "batch64", "embed64", "hypernet64"}
