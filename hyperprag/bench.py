@@ -79,6 +79,14 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def questions_fingerprint(examples: Sequence[QAExample], retrieved: Sequence[Sequence[Passage]]) -> list:
+    """What saved answers depend on besides the model and mode: each question as asked and scored,
+    and its passages with their titles, which the prompt shows. Ids alone would let an edited
+    question or a corrected gold answer reuse answers written, or scored, for the old one."""
+    return [[ex.id, ex.question, list(ex.answers), [[p.title, content_hash(p.text)] for p in ps]]
+            for ex, ps in zip(examples, retrieved, strict=True)]
+
+
 class WorkDir:
     """Finished pieces of a bench run, one file each, named by what they depend on."""
 
@@ -167,8 +175,7 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
     }
     merged: dict[str, dict[str, list[DocAdapter]]] = {}
     for ds in datasets:
-        ds_key = fingerprint(base, ds.path, [ex.id for ex in ds.examples],
-                             [[content_hash(p.text) for p in ps] for ps in ds.retrieved])
+        ds_key = fingerprint(base, ds.path, questions_fingerprint(ds.examples, ds.retrieved))
         merged[ds.name] = {name: merged_adapters(ds.retrieved, store, enc, merges[name], settings.progress)
                            for name, enc in encoders.items()}
         # Titles: another document of the same subject keeps more of the lift (topic_specificity.md),

@@ -226,13 +226,12 @@ def _answers_resumable(args, model, tokenizer, examples, retrieved, encoder, ada
     """evaluate()'s result, and the file beside --out that each batch's answers were appended to as
     they came, so a killed run resumes after its last finished batch (bench's machinery). The file is
     named by everything the answers depend on, so a changed run never reuses another's answers."""
-    from .adapter import content_hash
-    from .bench import BenchSettings, Dataset, answer_all, fingerprint
+    from .bench import BenchSettings, Dataset, answer_all, fingerprint, questions_fingerprint
     from .evaluate import summarize
     from .models import model_id
 
     key = fingerprint(model_id(model), args.mode, args.max_new_tokens, encoder.key if encoder else None,
-                      [ex.id for ex in examples], [[content_hash(p.text) for p in ps] for ps in retrieved],
+                      questions_fingerprint(examples, retrieved),
                       [a.doc_hash for a in adapters] if adapters else None)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

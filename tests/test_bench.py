@@ -303,3 +303,21 @@ def test_hypernetwork_cost_feeds_embeddings_to_the_hypernetworks_device():
     enc.hypernet.to("meta")  # a device other than the embeddings' CPU
     enc.encode = lambda docs: None  # its own device handling is tested in test_hyper
     assert set(bench_mod.hyper_cost(enc, DOCS, repeats=1)) == {"batch1", "batch64", "embed64", "hypernet64"}
+
+
+def test_a_corrected_gold_answer_or_question_is_answered_and_scored_anew(setup):
+    tmp_path, args = setup
+    args = args + ["--modes", "closed"]
+    assert main(args) == 0
+
+    def closed(qid):
+        preds = json.loads((tmp_path / "out" / "results.json").read_text())["datasets"]["alpha"]["predictions"]
+        return next(p for p in preds["closed"] if p["id"] == qid)
+
+    first = closed("alpha0")
+    assert first["f1"] < 1.0
+    rows = [json.loads(line) for line in (tmp_path / "alpha.jsonl").read_text().splitlines()]
+    rows[0]["answers"] = [first["prediction"]]  # the same id, its gold answer corrected
+    (tmp_path / "alpha.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    assert main(args) == 0
+    assert closed("alpha0")["f1"] == 1.0
