@@ -112,10 +112,10 @@ def _read_records(path: Path) -> list[dict]:
     """Answers written so far; a line cut by a kill is dropped (that question is answered again)."""
     records = []
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_bytes().splitlines():  # bytes: a cut may fall inside a character
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                records.append(json.loads(line.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 break
     return records
 
@@ -128,7 +128,7 @@ def answer_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ds: D
     if len(records) > len(ds.examples):
         raise ValueError(f"{path} holds more answers than there are questions; delete it")
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:  # drop a cut last line, atomically
+    if not path.exists() or path.read_bytes() != text.encode("utf-8"):  # drop a cut last line, atomically
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)

@@ -119,6 +119,9 @@ def test_killed_bench_resumes_and_a_rerun_redoes_nothing(setup, monkeypatch):
     # a line cut by the kill must not break the resume
     work = tmp_path / "out" / "work"
     next(work.glob("answers-alpha-closed-*.jsonl")).open("a").write('{"id": "cut')
+    # and so must a line cut inside a character of two bytes
+    cut = '{"id": "Z\u00fcrich"'.encode()
+    next(work.glob("answers-alpha-rag-*.jsonl")).open("ab").write(cut[:cut.index(b"\xc3") + 1])
     assert main(args) == 0
     # 2 files x (6 modes + 4 wrong-document runs) x 2 batches in all; the finished ones are not redone
     assert len(calls) == 2 * 10 * 2 - done_before
