@@ -143,6 +143,13 @@ def _load_json(path: Path) -> object:
         raise DataError(path, err.lineno, f"invalid JSON: {err.msg} at column {err.colno}") from None
 
 
+def _require_strings(path: Path, where: str, **fields: object) -> None:
+    """Native JSON has no line to point at, so an error names the article or question instead."""
+    for key, value in fields.items():
+        if not isinstance(value, str):
+            raise DataError(path, None, f"{where}: '{key}' must be a string, got {type(value).__name__}")
+
+
 def _parse_squad(root: object, path: Path) -> list[QAExample]:
     if not isinstance(root, dict) or not isinstance(root.get("data"), list):
         raise DataError(path, None, "not SQuAD JSON: expected an object with a 'data' list")
@@ -150,12 +157,16 @@ def _parse_squad(root: object, path: Path) -> list[QAExample]:
     for a_idx, article in enumerate(root["data"]):
         try:
             title = article.get("title", "")
+            _require_strings(path, f"article {a_idx}", title=title)
             for p_idx, para in enumerate(article.get("paragraphs", [])):
+                _require_strings(path, f"article {a_idx} paragraph {p_idx}", context=para["context"])
                 passage = Passage(title=title.replace("_", " "), text=para["context"])
                 for qa in para.get("qas", []):
                     answers = [a["text"] for a in qa.get("answers", [])]
                     if not answers:
                         raise DataError(path, None, f"question {qa.get('id')} has no answers")
+                    _require_strings(path, f"article {a_idx} question {qa.get('id')}", id=qa["id"],
+                                     question=qa["question"], **{f"answers[{i}]": a for i, a in enumerate(answers)})
                     examples.append(QAExample(id=qa["id"], question=qa["question"], answers=answers,
                                               passages=[passage], doc_id=f"{title}#{p_idx}", dataset="squad"))
         except (KeyError, TypeError, AttributeError) as err:
@@ -171,6 +182,8 @@ def _parse_hotpot(root: object, path: Path) -> list[QAExample]:
     examples = []
     for i, row in enumerate(root):
         try:
+            _require_strings(path, f"question {i}", _id=row["_id"], question=row["question"], answer=row["answer"],
+                             **{f"context[{j}] title": t for j, (t, _) in enumerate(row["context"])})
             passages = [Passage(title=t, text="".join(sents)) for t, sents in row["context"]]
             examples.append(QAExample(id=row["_id"], question=row["question"], answers=[row["answer"]],
                                       passages=passages, type=row.get("type"), dataset="hotpotqa"))

@@ -95,6 +95,14 @@ def test_native_json_error_has_line(tmp_path):
      "article 0 is malformed"),
     ({"data": ["x"]}, "article 0 is malformed"),
     ({"data": []}, "no questions in file"),
+    ({"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [
+        {"id": "1", "question": "When?", "answers": [{"text": 1990}]}]}]}]},
+     r"article 0 question 1: 'answers\[0\]' must be a string, got int"),
+    ({"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [
+        {"id": "2", "question": None, "answers": [{"text": "x"}]}]}]}]},
+     "article 0 question 2: 'question' must be a string, got NoneType"),
+    ({"data": [{"title": "T", "paragraphs": [{"context": 5, "qas": []}]}]},
+     "article 0 paragraph 0: 'context' must be a string"),
 ])
 def test_malformed_native_squad_is_a_data_error(tmp_path, root, message):
     path = tmp_path / "squad.json"
@@ -105,7 +113,10 @@ def test_malformed_native_squad_is_a_data_error(tmp_path, root, message):
 
 def test_native_hotpot_errors(tmp_path):
     path = tmp_path / "hotpot.json"
-    for root, message in [(["x"], "question 0 is malformed"), ([], "no questions in file")]:
+    good = {"_id": "h", "question": "q?", "answer": "a", "context": [["T", ["one. ", "two."]]]}
+    for root, message in [(["x"], "question 0 is malformed"), ([], "no questions in file"),
+                          ([good, {**good, "answer": 7}], "question 1: 'answer' must be a string, got int"),
+                          ([{**good, "context": [[None, ["s"]]]}], r"question 0: 'context\[0\] title' must be")]:
         path.write_text(json.dumps(root))
         with pytest.raises(DataError, match=message):
             load_questions(path)
