@@ -357,6 +357,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise HyperpragError(f"--limit takes one N or one per --data file ({len(args.data)}), not {len(limits)}")
     limits = limits * len(args.data) if len(limits) == 1 else limits
     corpus = read_corpus(args.corpus) if args.corpus else None
+    # closed-book alone reads no passages, so it needs neither candidates nor --corpus (as in eval)
+    reads_passages = any(get_mode(m).passages_in_prompt or get_mode(m).adapters for m in args.modes)
     datasets, names = [], set()
     for path, limit in zip(args.data, limits):
         examples = spread_questions(_questions_after_skip(path, args.skip), limit, args.per_doc)
@@ -364,7 +366,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         while name in names:
             name += "'"
         names.add(name)
-        datasets.append(Dataset(name, str(path), examples, _retrieve(args, examples, corpus)))
+        retrieved = _retrieve(args, examples, corpus) if reads_passages else [[] for _ in examples]
+        datasets.append(Dataset(name, str(path), examples, retrieved))
     wanted = {get_mode(m).encoder for m in args.modes} - {None}
     checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     if "hyper" in wanted and not (checkpoint / "config.json").exists():

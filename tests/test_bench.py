@@ -324,3 +324,16 @@ def test_a_corrected_gold_answer_or_question_is_answered_and_scored_anew(setup):
     (tmp_path / "alpha.jsonl").write_text("\n".join(map(json.dumps, rows)))
     assert main(args) == 0
     assert closed("alpha0")["f1"] == 1.0
+
+
+def test_closed_book_alone_needs_no_passages(setup):
+    tmp_path, args = setup
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("\n".join(json.dumps({"id": f"b{i}", "question": q, "answers": [a]})
+                              for i, (a, q, _) in enumerate(FACTS)))
+    data = args.index("--data")
+    args = args[:data + 1] + [str(bare)] + args[data + 3:] + ["--modes", "closed"]
+    assert main(args) == 0
+    preds = json.loads((tmp_path / "out" / "results.json").read_text())["datasets"]["bare"]["predictions"]
+    assert len(preds["closed"]) == len(FACTS)
+    assert main(args[:-1] + ["rag"]) == 2  # rag still needs them: one clear error
