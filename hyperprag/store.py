@@ -74,9 +74,9 @@ class AdapterStore:
                         db.execute("PRAGMA journal_mode=WAL")
                     db.execute(_SCHEMA)
                 return
-            except sqlite3.OperationalError as err:
+            except sqlite3.Error as err:
                 if "locked" not in str(err) or time.monotonic() > deadline:
-                    raise
+                    raise HyperpragError(f"{self.root / 'index.sqlite'}: not a usable adapter store ({err})") from None
                 time.sleep(0.02 + 0.08 * random.random())
 
     def _connect(self) -> sqlite3.Connection:

@@ -5,9 +5,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from hyperprag.adapter import content_hash
+from hyperprag.errors import HyperpragError
 from hyperprag.store import AdapterStore
 from store_worker import FakeEncoder, docs
 from conftest import tiny_model
@@ -168,3 +170,9 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
             p.join(60)
         assert all(p.exitcode == 0 for p in procs)
     assert errors.empty(), errors.get()
+
+
+def test_a_store_whose_index_is_no_database_is_one_clear_error(tmp_path):
+    (tmp_path / "index.sqlite").write_text("these are notes, not an adapter index\n" * 100)
+    with pytest.raises(HyperpragError, match=r"index.sqlite: not a usable adapter store \(file is not a database\)"):
+        AdapterStore(tmp_path)
