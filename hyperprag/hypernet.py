@@ -153,6 +153,9 @@ class HyperNetwork(nn.Module):
         nn.init.normal_(self.layer_embed.weight, std=0.02)
         self.token_norm = nn.LayerNorm(d)
         self.key = nn.Linear(d, h)
+        # Only its weight is used: a bias adds one constant to every token's score for a query and
+        # cancels in the softmax. Untrained, so that several processes' DDP sees no idle parameter.
+        self.key.bias.requires_grad_(False)
         # A rows then B columns, or one per rank when A and B share their reads
         self.slot_embed = nn.Parameter(torch.randn((1 if cfg.tie_reads else 2) * cfg.rank, h) * 0.02)
         # Per role, the attended token mix -> an A row (fan_in) and a B column (fan_out), the same

@@ -629,3 +629,20 @@ def test_a_missing_shipped_checkpoint_says_where_it_lives(tmp_path, monkeypatch)
         HyperEncoder.from_pretrained(None, tiny_model(), source=HashSource())
     with pytest.raises(HyperpragError, match="does not exist"):
         HyperEncoder.from_pretrained(tmp_path / "other", tiny_model(), source=HashSource())
+
+
+@pytest.mark.parametrize("source, kw", [("hash", {}), ("token-seq", {}), ("token-seq", {"center": True}),
+                                        ("token-seq", {"copy_tokens": True, "read_rank": 4, "context_kernel": 5}),
+                                        ("token-seq", {"copy_tokens": True, "tie_reads": True})])
+def test_every_trained_parameter_gets_a_gradient(tokenizer, source, kw):
+    """Several training processes wrap the network in DistributedDataParallel, which fails on the
+    second step if a parameter it is to train gets no gradient."""
+    from hyperprag.embeddings import build_source
+
+    model = tiny_model()
+    src = HashSource() if source == "hash" else build_source(source, model, tokenizer)
+    net = HyperEncoder.create(model, src, hidden=32, **kw).hypernet
+    out = net(src.embed([d.text for d in DOCS]))
+    sum((a ** 2).sum() + (b ** 2).sum() for a, b in out.values()).backward()
+    idle = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert idle == []

@@ -204,7 +204,8 @@ def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_pat
     # A faster network with a bottleneck in the read maps and tied reads, and the token context
     # added, starts from this one (truncated SVD, each query the mean of the six it replaces,
     # context at zero), so its first answers are already better than a fresh network's were.
-    warm = launch(tmp_path, model_dir, data, 1, steps=3, out="warm", weights="{lm: 1.0, kl: 0.0}",
+    # Two processes: DistributedDataParallel must find a gradient for every trained parameter.
+    warm = launch(tmp_path, model_dir, data, 2, steps=3, out="warm", weights="{lm: 1.0, kl: 0.0}",
                   extra=f"center: true\ncopy_tokens: true\nread_rank: 24\ncontext_kernel: 3\ncontext_lr_scale: 4.0\n"
                         f"tie_reads: true\n"
                         f"init_from: {tmp_path / 'run' / 'final'}\n",
