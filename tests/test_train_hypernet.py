@@ -417,6 +417,9 @@ def test_config_types_ranges_and_objective_names_are_checked(tmp_path, config_te
 def test_missing_config_and_bare_override_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="cannot read the config"):
         _script().load_config(str(tmp_path / "none.yaml"), [])
+    (tmp_path / "latin1.yaml").write_bytes("note: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"latin1.yaml: not UTF-8 text \(byte 9\)"):
+        _script().load_config(str(tmp_path / "latin1.yaml"), [])
     (tmp_path / "cfg.yaml").write_text("lr: 1.0e-4\n")
     with pytest.raises(SystemExit, match="write key=value"):
         _script().load_config(str(tmp_path / "cfg.yaml"), ["steps"])

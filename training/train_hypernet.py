@@ -173,6 +173,8 @@ def load_config(path: str, overrides: list[str]) -> dict:
         loaded = _yaml(Path(path).read_text(), path) or {}
     except OSError as err:
         sys.exit(f"{path}: cannot read the config ({err.strerror})")
+    except UnicodeDecodeError as err:
+        sys.exit(f"{path}: not UTF-8 text (byte {err.start})")
     if not isinstance(loaded, dict):
         sys.exit(f"{path}: a config is a mapping of keys to values, got {type(loaded).__name__}")
     cfg.update(loaded)
