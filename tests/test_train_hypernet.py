@@ -297,6 +297,14 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     assert all("recon" in r and "lm" not in r for r in log)
     assert log[-1]["recon"] < log[0]["recon"], (log[0], log[-1])
 
+    # Steps whose documents have no stored adapter have nothing to score: they pass, at zero loss.
+    partial = AdapterStore(tmp_path / "partial")
+    for n in (0, 1):  # half the documents: with one a step, about half the steps have nothing to score
+        partial.put(random_adapter(model, n, doc=FACTS[n][1]), "exact-test")
+    log = launch(tmp_path, model_dir, data, 1, steps=8, out="partial-run", weights="{lm: 0.0, kl: 0.0, recon: 1.0}",
+                 extra=f"recon_store: {tmp_path / 'partial'}\nrecon_encoder_key: exact-test\ndocs_per_step: 1\n")
+    assert len(log) == 8 and any("recon" not in r and r["loss"] == 0.0 for r in log) and any("recon" in r for r in log)
+
 
 def test_mistakes_found_after_the_model_loads_are_one_line(tmp_path, setup):
     """A recon store without the key's adapters trained nothing silently; a bad data line was a traceback."""
