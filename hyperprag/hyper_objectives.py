@@ -154,6 +154,14 @@ def answer_losses(student_logits: torch.Tensor, batch: AnswerBatch) -> torch.Ten
     return ce.new_zeros(n).index_add(0, rows, ce) / torch.bincount(rows, minlength=n).to(ce.dtype)
 
 
+def answer_margin(own_logits: torch.Tensor, wrong_logits: torch.Tensor, batch: AnswerBatch,
+                  margin: float) -> torch.Tensor:
+    """Specificity as an objective: each answer must cost ``margin`` nats less with its own
+    document's adapters than with wrong ones. A hinge, so wrong adapters are not pushed to wreck
+    the model; per answer, so answers easy either way cannot carry one that ignores its adapter."""
+    return torch.relu(margin + answer_losses(own_logits, batch) - answer_losses(wrong_logits, batch)).mean()
+
+
 def sibling_first_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str],
                          siblings: Sequence[Sequence[str]], rng: random.Random) -> torch.Tensor:
     """(n_answers,) the first token of one other answer of the same document, drawn by ``rng``

@@ -236,6 +236,20 @@ def test_answer_losses_are_each_answers_own_mean(tokenizer):
     assert torch.allclose((per * counts).sum() / counts.sum(), lm_loss(logits, batch))  # the batch mean, re-weighted
 
 
+def test_answer_margin_is_a_hinge_per_answer_not_on_the_batch_mean(tokenizer):
+    from hyperprag.hyper_objectives import answer_batch, answer_margin
+
+    batch = answer_batch(tokenizer, ["Q: one?", "Q: two?"], ["a", "b"])
+    assert batch.rows.tolist() == [0, 1]
+    uniform = torch.zeros(2, len(tokenizer))            # every answer at log V nats
+    own = uniform.clone()
+    own[0, batch.targets[0]] = 50.0                      # the first answered surely, the second not at all
+    # Together the own adapters win by half of log V nats, over the 0.5 margin: a batch-mean hinge is 0.
+    # Per answer the second gains nothing and owes the whole margin.
+    assert torch.allclose(answer_margin(own, uniform, batch, 0.5), torch.tensor(0.25), atol=1e-4)
+    assert answer_margin(uniform, own, batch, 0.5) > 1.0   # the wrong adapters answering better costs more
+
+
 def test_sibling_margin_compares_first_tokens_of_answers_of_the_same_document(tokenizer):
     import random
 

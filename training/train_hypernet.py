@@ -79,7 +79,7 @@ from hyperprag.data import DataError, Passage, load_questions, passages_of
 from hyperprag.embeddings import build_source
 from hyperprag.errors import HyperpragError
 from hyperprag.hyper_encoder import RETIRED, HyperEncoder
-from hyperprag.hyper_objectives import (answer_batch, answer_logits, answer_losses, delta_distance, distill_loss, lm_loss,
+from hyperprag.hyper_objectives import (answer_batch, answer_logits, answer_margin, delta_distance, distill_loss, lm_loss,
                                         passage_batch, qa_batches, sibling_first_tokens, sibling_margin,
                                         stacked_factors)
 from hyperprag.inject import lora_hooks
@@ -549,22 +549,19 @@ def main() -> None:
                     # that any passage teaches (yes/no on 2Wiki) cannot win the margin.
                     with lora_hooks(model, stacked_factors(out_f, encoder.targets, ret_sets.roll(1, 0), HyperEncoder.merge),
                                     scaling=scaling):
-                        wrong = answer_losses(answer_logits(model, scored["retrieved"]), scored["retrieved"])
-                    own = answer_losses(r_logits, scored["retrieved"])
-                    losses["retrieved_contrast"] = torch.relu(cfg["contrast_margin"] + own - wrong).mean()
+                        wrong = answer_logits(model, scored["retrieved"])
+                    losses["retrieved_contrast"] = answer_margin(r_logits, wrong, scored["retrieved"], cfg["contrast_margin"])
             if weights.get("kl"):
                 with torch.no_grad():
                     t_logits = answer_logits(model, teacher)
                 losses["kl"] = distill_loss(s_logits, t_logits)
             if weights.get("contrast") and len(idx) > k:
-                # Specificity as an objective: each question must be answered better with its own
-                # document's adapter (in its set of k) than with k other documents', by a margin (a
-                # hinge, so wrong adapters are not pushed to wreck the model).
+                # Each question is to be answered better with its own document's adapter (in its
+                # set of k) than with k other documents'.
                 wrong_sets = torch.tensor([o[:k] for o in others], device=accelerator.device)
                 with lora_hooks(model, stacked_factors(out_f, encoder.targets, wrong_sets), scaling=scaling):
-                    w_lm = lm_loss(answer_logits(model, student), student)
-                own = losses["lm"] if "lm" in losses else lm_loss(s_logits, student)
-                losses["contrast"] = torch.relu(cfg["contrast_margin"] + own - w_lm)
+                    wrong = answer_logits(model, student)
+                losses["contrast"] = answer_margin(s_logits, wrong, student, cfg["contrast_margin"])
             if recon_store is not None:
                 dists = []
                 for r, i in enumerate(idx):
