@@ -42,10 +42,10 @@ def setup(tmp_path, tokenizer):
 
 
 def launch(tmp_path, model_dir, data, processes: int, steps: int, out: str,
-           weights: str = "{lm: 1.0, kl: 0.5}", extra: str = "", embedding: str = "hidden"):
+           weights: str = "{lm: 1.0, kl: 0.5}", extra: str = "", embedding: str = "hidden", docs_per_step: int = 4):
     config = tmp_path / "cfg.yaml"
     config.write_text(f"model: {model_dir}\nembedding: {embedding}\ndata: [{data}]\nheldout_pct: 0\nhidden: 32\n"
-                      f"steps: {steps}\ndocs_per_step: 4\nlr: 3.0e-2\nwarmup: 1\nsave_every: 5\nlog_every: 1\n"
+                      f"steps: {steps}\ndocs_per_step: {docs_per_step}\nlr: 3.0e-2\nwarmup: 1\nsave_every: 5\nlog_every: 1\n"
                       f"weights: {weights}\nout: {tmp_path / out}\n{extra}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # Several CPU processes: accelerate's torchrun launcher (--multi_gpu); with no GPU they use gloo.
@@ -302,7 +302,7 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     for n in (0, 1):  # half the documents: with one a step, about half the steps have nothing to score
         partial.put(random_adapter(model, n, doc=FACTS[n][1]), "exact-test")
     log = launch(tmp_path, model_dir, data, 1, steps=8, out="partial-run", weights="{lm: 0.0, kl: 0.0, recon: 1.0}",
-                 extra=f"recon_store: {tmp_path / 'partial'}\nrecon_encoder_key: exact-test\ndocs_per_step: 1\n")
+                 extra=f"recon_store: {tmp_path / 'partial'}\nrecon_encoder_key: exact-test\n", docs_per_step=1)
     assert len(log) == 8 and any("recon" not in r and r["loss"] == 0.0 for r in log) and any("recon" in r for r in log)
 
 
@@ -390,6 +390,12 @@ def test_bad_yaml_names_file_and_line(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"{config}:3: not valid YAML" in proc.stderr
+    config.write_text("lr: 1e-4\nsteps: 10\nweights: {lm: 1.0, kl: 0.5, lm: 0.0}\n")
+    with pytest.raises(SystemExit, match=r"cfg.yaml:3: not valid YAML \(key 'lm' given twice\)"):
+        _script().load_config(str(config), [])
+    config.write_text("lr: 1e-4\nsteps: 10\nlr: 3e-4\n")
+    with pytest.raises(SystemExit, match=r"cfg.yaml:3: not valid YAML \(key 'lr' given twice\)"):
+        _script().load_config(str(config), [])
 
 
 @pytest.mark.parametrize("config_text, overrides, message", [

@@ -104,7 +104,18 @@ DEFAULTS = {
 
 
 class _ConfigLoader(yaml.SafeLoader):
-    """YAML 1.1 reads ``3e-5`` (no dot) as a string; in a config, as in Python, it is a number."""
+    """YAML 1.1 reads ``3e-5`` (no dot) as a string; in a config, as in Python, it is a number.
+    A key given twice is refused: YAML keeps the last silently, and a run would train on a value
+    its reader of the config never saw."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
