@@ -56,6 +56,7 @@ and checkpoints stay fp32): 1.1-1.2x the steps a minute on this project's 2-core
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import copy
 import json
 import math
@@ -112,6 +113,8 @@ class _ConfigLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, collections.abc.Hashable):
+                continue  # the base class refuses it, with its line
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key '{key}' given twice", key_node.start_mark)
             seen.add(key)
