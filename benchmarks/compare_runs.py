@@ -30,6 +30,8 @@ from hyperprag.metrics import paired_bootstrap
 
 def per_question_f1(results: Path, dataset: str, mode: str) -> dict[str, float]:
     """F1 by question id for one mode of one dataset of a bench results.json or work directory."""
+    if not results.exists():
+        raise SystemExit(f"{results}: no such results.json or work directory")
     if results.is_dir():
         return {i: row["f1"] for i, row in answers(results, dataset, mode).items()}
     data = json.loads(results.read_text())["datasets"]

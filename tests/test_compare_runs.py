@@ -29,6 +29,8 @@ def test_runs_on_different_questions_or_missing_modes_are_refused(tmp_path):
         compare(a, b)
     with pytest.raises(SystemExit, match="no mode 'hyper'"):
         per_question_f1(tmp_path / "a.json", "squad", "hyper")
+    with pytest.raises(SystemExit, match="none.json: no such results.json"):
+        per_question_f1(tmp_path / "none.json", "squad", "prag")
 
 
 def test_a_work_directory_gives_the_modes_only_its_answer_files_hold(tmp_path):

@@ -16,7 +16,7 @@ def write_run(path: Path, dataset: str, modes: dict[str, dict[str, float]]) -> P
 
 
 def test_each_mode_comes_from_its_own_runs_in_the_questions_order(tmp_path):
-    wide = write_run(tmp_path / "wide.json", "all", {"closed": {"q1": 0.0, "q2": 0.5, "q3": 1.0}})
+    wide = write_run(tmp_path / "wide.json", "all", {"closed": {"q1": 0.0, "q2": 0.5, "q3": 1.0, "q9": 0.0}})
     a = write_run(tmp_path / "a.json", "first", {"prag": {"q2": 0.25}})
     b = write_run(tmp_path / "b.json", "rest", {"prag": {"q3": 1.0, "q1": 0.75}})
     joined = join(["q1", "q2", "q3"], [f"closed={wide}:all", f"prag={a}:first,{b}:rest"])
@@ -26,7 +26,7 @@ def test_each_mode_comes_from_its_own_runs_in_the_questions_order(tmp_path):
 
 def test_missing_doubled_or_absent_answers_are_refused(tmp_path):
     a = write_run(tmp_path / "a.json", "first", {"prag": {"q1": 0.25}})
-    with pytest.raises(SystemExit, match="1 questions missing, 0 not asked"):
+    with pytest.raises(SystemExit, match="1 of the 2 questions have no answer"):
         join(["q1", "q2"], [f"prag={a}:first"])
     with pytest.raises(SystemExit, match="already in an earlier source"):
         join(["q1"], [f"prag={a}:first,{a}:first"])
