@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from answer_kinds import answers  # noqa: E402
 from hyperprag.metrics import bootstrap_share, paired_bootstrap  # noqa: E402
 
+
 def modes(mode: str = "hyper") -> tuple[str, ...]:
     return ("closed", "rag", mode, f"{mode}-wrongdoc")
 

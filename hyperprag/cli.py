@@ -256,8 +256,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _check_checkpoint(args)
     examples = _questions_after_skip(args.data, args.skip)[: args.limit]
     corpus = read_corpus(args.corpus) if args.corpus else None
-    # closed-book reads no passages, so it needs neither candidates nor --corpus
-    retrieved = _retrieve(args, examples, corpus) if mode.name != "closed" else [[] for _ in examples]
+    retrieved = _retrieve(args, examples, corpus) if mode.reads_passages else [[] for _ in examples]
     model, tokenizer = load_base_model(args.model)
     encoder = build_encoder(mode.encoder, model, tokenizer, args) if mode.adapters else None
     adapters = _adapters(args, retrieved, encoder) if encoder else None
@@ -357,8 +356,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise HyperpragError(f"--limit takes one N or one per --data file ({len(args.data)}), not {len(limits)}")
     limits = limits * len(args.data) if len(limits) == 1 else limits
     corpus = read_corpus(args.corpus) if args.corpus else None
-    # closed-book alone reads no passages, so it needs neither candidates nor --corpus (as in eval)
-    reads_passages = any(get_mode(m).passages_in_prompt or get_mode(m).adapters for m in args.modes)
+    reads_passages = any(get_mode(m).reads_passages for m in args.modes)
     datasets, names = [], set()
     for path, limit in zip(args.data, limits):
         examples = spread_questions(_questions_after_skip(path, args.skip), limit, args.per_doc)

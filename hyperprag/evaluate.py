@@ -38,6 +38,11 @@ class Mode:
     def adapters(self) -> bool:
         return self.encoder is not None
 
+    @property
+    def reads_passages(self) -> bool:
+        """Whether answering needs retrieved passages, in the prompt or as adapters: closed-book does not."""
+        return self.passages_in_prompt or self.adapters
+
 
 MODES: dict[str, Mode] = {
     "closed": Mode("closed", False, None, "no passages: what the model knows by itself"),

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from compare_runs import compare, per_question_f1, pooled_f1  # noqa: E402
+from compare_runs import compare, per_question_f1  # noqa: E402
 
 
-def write_run(path: Path, f1: dict[str, float], dataset: str = "squad") -> Path:
+def write_run(path: Path, f1: dict[str, float]) -> Path:
     preds = [{"id": i, "prediction": "x", "f1": v} for i, v in f1.items()]
-    path.write_text(json.dumps({"datasets": {dataset: {"predictions": {"prag": preds}}}}))
+    path.write_text(json.dumps({"datasets": {"squad": {"predictions": {"prag": preds}}}}))
     return path
 
 
@@ -43,27 +43,3 @@ def test_a_work_directory_gives_the_modes_only_its_answer_files_hold(tmp_path):
     assert per_question_f1(work, "squad", "hyper-wrongdoc") == {"q1": 0.25, "q2": 1.0}
     with pytest.raises(SystemExit, match="expected one answer file"):
         per_question_f1(work, "squad", "prag")
-
-
-def test_runs_answered_in_pieces_are_pooled_and_each_question_counted_once(tmp_path):
-    a = write_run(tmp_path / "a.json", {"q1": 0.0, "q2": 1.0}, "first")
-    b = write_run(tmp_path / "b.json", {"q3": 0.5}, "second")
-    assert pooled_f1([a, b], ["first", "second"], "prag") == {"q1": 0.0, "q2": 1.0, "q3": 0.5}
-    with pytest.raises(SystemExit, match="none of the datasets"):
-        pooled_f1([a, b], ["first"], "prag")
-    again = write_run(tmp_path / "c.json", {"q2": 0.0}, "second")
-    with pytest.raises(SystemExit, match="already pooled"):
-        pooled_f1([a, again], ["first", "second"], "prag")
-
-
-def test_common_compares_only_the_questions_every_run_answered(tmp_path):
-    import subprocess
-    a = write_run(tmp_path / "a.json", {"q1": 0.0, "q2": 1.0}, "first")
-    b = write_run(tmp_path / "b.json", {"q3": 0.5}, "second")
-    wide = write_run(tmp_path / "w.json", {"q1": 1.0, "q2": 1.0, "q3": 1.0, "q4": 0.0}, "first")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
-    cmd = [sys.executable, str(script), "first,second", f"{a},{b}:prag", f"{wide}:prag"]
-    refused = subprocess.run(cmd, capture_output=True, text=True)
-    assert refused.returncode != 0 and "different questions" in refused.stderr
-    out = subprocess.run(cmd[:2] + ["--common"] + cmd[2:], capture_output=True, text=True, check=True).stdout
-    assert "3 questions answered by every run" in out and "| 0.500 |" in out and "| 1.000 |" in out
