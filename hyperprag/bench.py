@@ -256,11 +256,12 @@ def _wrong_document(model, tokenizer, ds, ds_key, entry, answers, merged, encode
         baseline = "rag" if mode.passages_in_prompt else "closed"
         if name not in entry["modes"] or baseline not in entry["modes"]:
             continue
-        if len({a.doc_hash for a in merged[mode.encoder]}) < 2:  # one retrieval for every question
+        try:
+            wrong = wrong_document(merged[mode.encoder])
+        except ValueError:  # some question's documents are in every retrieval: no other adapter to give it
             continue
-        wrong = wrong_document(merged[mode.encoder])
         key = fingerprint(ds_key, name, "wrong-document", encoders[mode.encoder].key, merges[mode.encoder],
-                          settings.max_new_tokens)
+                          settings.max_new_tokens, [w.doc_hash for w in wrong])
         recs = answer_all(model, tokenizer, ds, name, wrong, work.answers_path(f"{ds.name}-{name}-wrongdoc", key),
                           settings, f"{name} (wrong document)")
         s = summarize(recs)

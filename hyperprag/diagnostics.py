@@ -56,20 +56,30 @@ def mean_off_diagonal(sim: torch.Tensor) -> float:
     return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
 
 
+def sources(adapter: DocAdapter) -> frozenset[str]:
+    """The documents an adapter was built from: its own, or those a top-k merge stacked."""
+    return frozenset(adapter.extra.get("sources", adapter.doc_hash).split(","))
+
+
 def wrong_document(adapters: Sequence[DocAdapter], seed: int = 0) -> list[DocAdapter]:
-    """Each position gets the adapter of a random *other* document, drawn independently per position
+    """Each position gets the adapter of a random *other* retrieval, drawn independently per position
     (with replacement: an adapter may stand in for several positions and another for none). Only
-    "never its own document" matters for the ablation, and independent draws keep every figure
-    already reported reproducible with its seed."""
-    if len({a.doc_hash for a in adapters}) < 2:
-        raise ValueError("the wrong-document ablation needs adapters of at least two documents")
+    "none of its own documents" matters for the ablation: a top-k merge that shares a passage with the
+    own retrieval (or holds the same ones in another order) would keep part of the lift and make the
+    adapters look less specific than they are. Independent draws keep every figure already reported
+    reproducible with its seed (where no retrievals overlapped, the draws are the same as before)."""
+    own = [sources(a) for a in adapters]
+    for i, s in enumerate(own):
+        if all(s & t for t in own):
+            raise ValueError(f"the wrong-document ablation needs, for every question, an adapter of other "
+                             f"documents; question {i}'s documents are in every retrieval")
     rng = random.Random(seed)
     out = []
-    for a in adapters:
-        choice = rng.choice(adapters)
-        while choice.doc_hash == a.doc_hash:
-            choice = rng.choice(adapters)
-        out.append(choice)
+    for s in own:
+        j = rng.randrange(len(adapters))
+        while own[j] & s:
+            j = rng.randrange(len(adapters))
+        out.append(adapters[j])
     return out
 
 

@@ -5,7 +5,8 @@ import torch
 
 from conftest import SpaceFirst, random_adapter, tiny_model
 from hyperprag.diagnostics import (answer_loss, delta_inner, distractors, mean_pairwise_cosine,
-                                   similarity_matrix, specificity, wrong_document)
+                                   similarity_matrix, sources, specificity, wrong_document)
+from hyperprag.merge import merge_adapters
 
 
 def test_delta_inner_matches_materialised_deltas():
@@ -31,6 +32,34 @@ def test_wrong_document_never_keeps_the_right_one():
     assert all(w.doc_hash != a.doc_hash for w, a in zip(wrong, ads))
     with pytest.raises(ValueError):
         wrong_document([ads[0], ads[0]])
+
+
+def test_wrong_document_shares_no_document_with_a_merged_retrieval():
+    # top-2 retrievals [p1,p2], [p2,p1], [p1,p3], [p4,p5]: only the last is disjoint from the first three,
+    # and a sum of the same passages in another order is the same delta, so nothing else may stand in
+    model = tiny_model()
+    p = [random_adapter(model, s, doc=f"p{s}") for s in range(1, 6)]
+    merged = [merge_adapters(pair) for pair in ([p[0], p[1]], [p[1], p[0]], [p[0], p[2]], [p[3], p[4]])]
+    for seed in range(20):
+        wrong = wrong_document(merged, seed=seed)
+        assert [w.doc_hash for w in wrong[:3]] == [merged[3].doc_hash] * 3
+        assert not sources(wrong[3]) & sources(merged[3])
+    with pytest.raises(ValueError, match="question 0's documents are in every retrieval"):
+        wrong_document(merged[:3])
+
+
+def test_wrong_document_draws_as_before_where_retrievals_do_not_overlap():
+    # the figures already reported drew with rng.choice and rejected only the same hash
+    import random
+    model = tiny_model()
+    ads = [random_adapter(model, s) for s in range(5)] * 3
+    rng, before = random.Random(7), []
+    for a in ads:
+        c = rng.choice(ads)
+        while c.doc_hash == a.doc_hash:
+            c = rng.choice(ads)
+        before.append(c)
+    assert [w.doc_hash for w in wrong_document(ads, seed=7)] == [b.doc_hash for b in before]
 
 
 def test_distractors_are_distinct_other_documents():
