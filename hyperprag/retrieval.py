@@ -11,6 +11,7 @@ from typing import Protocol
 import bm25s
 import numpy as np
 
+from .adapter import content_hash
 from .data import Passage, QAExample
 
 
@@ -18,11 +19,20 @@ class PassageIndex(Protocol):
     def search(self, query: str, k: int) -> list[Passage]: ...
 
 
+def distinct(passages: Sequence[Passage]) -> list[Passage]:
+    """The first of each text: a text listed twice (HotpotQA has a few under two titles) would be
+    prompted twice and, as its adapter is keyed on the text, merged twice."""
+    first: dict[str, Passage] = {}
+    for p in passages:
+        first.setdefault(content_hash(p.text), p)
+    return list(first.values())
+
+
 class BM25Index:
     def __init__(self, passages: Sequence[Passage]):
         if not passages:
             raise ValueError("cannot index an empty passage list")
-        self.passages = list(passages)
+        self.passages = distinct(passages)
         self._bm25 = bm25s.BM25()
         self._bm25.index(self._tokenize([f"{p.title} {p.text}" for p in self.passages]), show_progress=False)
 
@@ -42,7 +52,7 @@ class DenseIndex:
     def __init__(self, passages: Sequence[Passage], embedder):
         if not passages:
             raise ValueError("cannot index an empty passage list")
-        self.passages = list(passages)
+        self.passages = distinct(passages)
         self._embedder = embedder
         self._vectors = embedder.encode([f"{p.title}: {p.text}" for p in self.passages],
                                         normalize_embeddings=True, convert_to_numpy=True,
@@ -71,7 +81,8 @@ def retrieve(example: QAExample, k: int = 3, corpus_index: PassageIndex | None =
         return corpus_index.search(example.question, k)
     if not example.passages:
         raise ValueError(f"question {example.id} has no candidate passages; pass a corpus")
-    if len(example.passages) == 1:
-        return list(example.passages)
+    candidates = distinct(example.passages)
+    if len(candidates) == 1:
+        return candidates
     # ranked even when k covers every candidate: the prompt lists passages best first
-    return build_index(example.passages, method, embedder).search(example.question, k)
+    return build_index(candidates, method, embedder).search(example.question, k)

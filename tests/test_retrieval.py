@@ -32,3 +32,13 @@ def test_dense_index_with_packaged_embedder():
 
     index = build_index(PASSAGES, "dense", load_embedder())
     assert index.search("an astronomy building on an island", 1)[0].id == "p4"
+
+
+def test_a_text_listed_twice_is_retrieved_once():
+    # HotpotQA lists a few texts under two titles: retrieved twice, they would be prompted and merged twice
+    twin = Passage("Amberlin Codex (book)", PASSAGES[2].text, "p3b")
+    ex = QAExample("q", "What does the library hold?", ["Amberlin Codex"], passages=[*PASSAGES, twin])
+    assert [p.id for p in retrieve(ex, k=10)].count("p3b") == 0 and len(retrieve(ex, k=10)) == 4
+    assert [p.id for p in build_index([*PASSAGES, twin]).search("library codex", 10)].count("p3") == 1
+    only = QAExample("q", "What does the library hold?", ["Amberlin Codex"], passages=[PASSAGES[2], twin])
+    assert [p.id for p in retrieve(only, k=3)] == ["p3"]
