@@ -28,6 +28,14 @@ def test_best_over_aliases_each_metric_independently():
     assert em == 0.0 and f1 == pytest.approx(0.8)
 
 
+def test_an_alias_empty_after_normalisation_gives_no_free_marks():
+    golds = ["renewal of hostilities", "."]  # as SQuAD's 5725bad5271a42140099d0c1
+    for empty_or_article in ("", "The", "?"):
+        assert best_em_f1(empty_or_article, golds) == (0.0, 0.0)
+    assert best_em_f1("renewal of hostilities", golds) == (1.0, 1.0)
+    assert best_em_f1("", ["."]) == (1.0, 1.0)  # with no alias of content, the empty one still counts
+
+
 def test_no_gold_is_an_error():
     with pytest.raises(ValueError):
         best_em_f1("x", [])
