@@ -211,11 +211,14 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
         "cost", timing_key, lambda: encoder_cost(model, tokenizer, encoders, first.passages, settings))
     results["bytes_per_doc"] = {n: statistics.median(r.bytes for r in store.records() if r.encoder == e.key)
                                 for n, e in encoders.items()}
+    # latency and throughput are measured on the first questions, with their passages
+    n_queries = max(settings.latency_queries, settings.throughput_queries)
+    query_key = fingerprint(timing_key, questions_fingerprint(first.examples[:n_queries], first.retrieved[:n_queries]))
     results["latency_seconds"] = work.stage(
-        "latency", timing_key, lambda: query_latency(model, tokenizer, first, first_merged, encoders, modes,
+        "latency", query_key, lambda: query_latency(model, tokenizer, first, first_merged, encoders, modes,
                                                      merges.get("hyper"), settings))
     results["throughput_q_per_s"] = work.stage(
-        "throughput", timing_key, lambda: batch_throughput(model, tokenizer, first, first_merged, settings))
+        "throughput", query_key, lambda: batch_throughput(model, tokenizer, first, first_merged, settings))
     (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
     plots = write_plots(results, out)
     write_report(results, out, plots)

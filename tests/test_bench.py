@@ -337,3 +337,14 @@ def test_closed_book_alone_needs_no_passages(setup):
     preds = json.loads((tmp_path / "out" / "results.json").read_text())["datasets"]["bare"]["predictions"]
     assert len(preds["closed"]) == len(FACTS)
     assert main(args[:-1] + ["rag"]) == 2  # rag still needs them: one clear error
+
+
+def test_a_rerun_on_more_questions_measures_latency_and_throughput_anew(setup):
+    tmp_path, args = setup
+    args = [a for a in args if a != "--quiet"] + ["--quiet", "--modes", "closed", "rag", "--throughput-queries", "4"]
+    limit = ["--limit", "2"]
+    assert main(args + limit) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["throughput_q_per_s"]["batch"] == 2
+    limit[1] = "4"  # the timing questions are now the first four, not the first two
+    assert main(args + limit) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["throughput_q_per_s"]["batch"] == 4
