@@ -74,6 +74,17 @@ class AnswerBatch:
     first: torch.Tensor       # (n_answer_tokens,) bool: its answer's first token that is not whitespace
 
 
+def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
+    """An answer's tokens as it follows a prompt: a leading space, and a newline that ends it."""
+    return tokenizer(f" {answer.strip()}\n", add_special_tokens=False)["input_ids"]
+
+
+def first_word_index(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> int:
+    """Index of the first token that is not whitespace. Gemma spells " 308" as " ", "3", "0", "8":
+    the token greedy decoding must get right is "3", and every number shares the " " before it."""
+    return next((j for j, tok in enumerate(ids) if tokenizer.decode([tok]).strip()), 0)
+
+
 def answer_batch(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str]) -> AnswerBatch:
     """Prompt and answer are tokenised apart and joined, so the teacher's and the student's answer
     tokens are identical whatever their prompts."""
@@ -86,10 +97,9 @@ def answer_batch(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], ans
             if start is None:
                 raise ValueError("an empty prompt needs a BOS or EOS token to start from; the tokenizer has neither")
             p_ids = [start]
-        a_ids = tokenizer(f" {a.strip()}\n", add_special_tokens=False)["input_ids"]
+        a_ids = answer_ids(tokenizer, a)
         seqs.append(p_ids + a_ids)
-        # Gemma spells " 308" as " ", "3", "0", "8": the word greedy decoding must get right is "3".
-        j0 = next((j for j, tok in enumerate(a_ids) if tokenizer.decode([tok]).strip()), 0)
+        j0 = first_word_index(tokenizer, a_ids)
         for j, tok in enumerate(a_ids):
             rows.append(i)
             positions.append(len(p_ids) + j - 1)
@@ -164,11 +174,14 @@ def answer_margin(own_logits: torch.Tensor, wrong_logits: torch.Tensor, batch: A
 
 def sibling_first_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str],
                          siblings: Sequence[Sequence[str]], rng: random.Random) -> torch.Tensor:
-    """(n_answers,) the first token of one other answer of the same document, drawn by ``rng``
-    among those whose first token differs from the answer's own, or -1 where none does. Tokenised
-    as ``answer_batch`` tokenises answers, so the two first tokens are read at the same position."""
+    """(n_answers,) the first word's token (``first_word_index``) of one other answer of the same
+    document, drawn by ``rng`` among those whose first word differs from the answer's own, or -1
+    where none does. Two numbers are thus told apart by their first digits, not both read at the
+    space before them. Where one answer starts with a space token and the other does not, their
+    first words sit one position apart and the margin reads both at the own answer's."""
     def first(text: str) -> int:
-        return tokenizer(f" {text.strip()}\n", add_special_tokens=False)["input_ids"][0]
+        ids = answer_ids(tokenizer, text)
+        return ids[first_word_index(tokenizer, ids)]
 
     out = []
     for answer, others in zip(answers, siblings):
@@ -180,14 +193,12 @@ def sibling_first_tokens(tokenizer: PreTrainedTokenizerBase, answers: Sequence[s
 
 def sibling_margin(student_logits: torch.Tensor, batch: AnswerBatch, sibling_first: torch.Tensor,
                    margin: float) -> torch.Tensor:
-    """Binding as an objective: at each answer's first token, the right answer must beat another
+    """Binding as an objective: at each answer's first word, the right answer must beat another
     answer *of the same document* by ``margin`` nats (a hinge). A generated adapter raises all of
     its passage's names together; the lm loss's softmax spreads its push over the whole
     vocabulary, while this one pushes against exactly the names the adapter itself made likely.
     Rows without a sibling (``-1``) count for nothing; none at all gives zero."""
-    rows = batch.rows.to(student_logits.device)
-    n = int(rows.max()) + 1
-    starts = torch.searchsorted(rows, torch.arange(n, device=rows.device))  # each answer's first token
+    starts = batch.first.nonzero().squeeze(1).to(student_logits.device)  # one per answer, in row order
     logp = torch.log_softmax(student_logits[starts].float(), dim=-1)
     sibling_first = sibling_first.to(student_logits.device)
     valid = sibling_first >= 0

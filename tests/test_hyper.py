@@ -660,3 +660,22 @@ def test_every_trained_parameter_gets_a_gradient(tokenizer, source, kw):
     sum((a ** 2).sum() + (b ** 2).sum() for a, b in out.values()).backward()
     idle = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     assert idle == []
+
+
+def test_sibling_margin_reads_numbers_at_their_first_digit_not_the_space_before_them(tokenizer):
+    import random
+
+    from conftest import SpaceFirst
+    from hyperprag.hyper_objectives import answer_batch, sibling_first_tokens, sibling_margin
+
+    answers = ["1872 census", "1911 map"]
+    tok = SpaceFirst(tokenizer, answers)  # both answers' first tokens decode as a space, as Gemma's " 1872"
+    sib = sibling_first_tokens(tok, answers, [[answers[1]], [answers[0]]], random.Random(0))
+    second = [tokenizer(f" {a}\n", add_special_tokens=False)["input_ids"][1] for a in answers]
+    assert sib.tolist() == [second[1], second[0]]  # each other's first word, not -1 for a shared space
+    batch = answer_batch(tok, ["Q: when?", "Q: when?"], answers)
+    logits = torch.randn(len(batch.targets), len(tokenizer), generator=torch.Generator().manual_seed(0))
+    at = [int((batch.rows == i).nonzero()[1]) for i in range(2)]  # the token after the space
+    logp = torch.log_softmax(logits[at], -1)
+    by_hand = [torch.relu(0.5 - (logp[i, second[i]] - logp[i, sib[i]])) for i in range(2)]
+    assert torch.allclose(sibling_margin(logits, batch, sib, 0.5), torch.stack(by_hand).mean())
