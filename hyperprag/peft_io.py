@@ -67,6 +67,11 @@ def import_peft(peft_dir: str | Path, model: PreTrainedModel) -> DocAdapter:
         raise HyperpragError(f"{root}: no adapter_model.safetensors (pickled .bin adapters are not loaded)")
     tensors = load_file(str(weights))
     targets = {t.name for t in find_ffn_targets(model)}
+    others = [k for k in tensors if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+    if others:  # a LoRA bias, a trained base bias or a fully trained module: not a sum of B @ A deltas
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        raise HyperpragError(f"{root}: '{others[0]}'{more} is not a LoRA factor but a bias or a module to save; "
+                             "only plain LoRA can be imported")
     factors = {}
     for key, a in tensors.items():
         if not key.endswith(".lora_A.weight"):
