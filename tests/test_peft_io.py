@@ -77,10 +77,10 @@ def test_import_refuses_what_it_cannot_represent_in_one_line(tmp_path):
 
     ffn = ["gate_proj", "up_proj", "down_proj"]
     for i, (extra, message) in enumerate([({"alpha_pattern": {"down_proj": 64}}, "sets alpha_pattern"),
-                           ({"rank_pattern": {"down_proj": 4}}, "sets rank_pattern"),
-                           ({"use_dora": True}, "DoRA"),
-                           ({"lora_bias": True}, "lora_B.bias' .*is not a LoRA factor"),
-                           ({"modules_to_save": ["lm_head"]}, "lm_head.* is not a LoRA factor")]):
+                                         ({"rank_pattern": {"down_proj": 4}}, "sets rank_pattern"),
+                                         ({"use_dora": True}, "DoRA"),
+                                         ({"lora_bias": True}, "lora_B.bias' .*is not a LoRA factor"),
+                                         ({"modules_to_save": ["lm_head"]}, "lm_head.* is not a LoRA factor")]):
         out = tmp_path / f"refused{i}"
         get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=ffn, **extra)).save_pretrained(out)
         with pytest.raises(HyperpragError, match=message):
