@@ -93,6 +93,28 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     assert not (run / "state.tmp").exists() and not (run / "state" / "junk.bin").exists()
 
 
+def test_a_run_killed_before_its_first_save_restarts_its_log(tmp_path, setup):
+    model_dir, data = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.9}) + "\n" for s in (1, 2, 3)))
+    log = launch(tmp_path, model_dir, data, 1, steps=4, out="run")  # no state: it starts at step 0
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["loss"] != 9.9 for r in log)
+
+
+def test_retrieved_questions_on_held_aside_passages_are_not_trained_on(tmp_path, setup):
+    model_dir, data = setup
+    title, text, _ = FACTS[0]  # held aside by heldout_first: 1
+    multi = tmp_path / "multi.jsonl"
+    multi.write_text("\n".join(json.dumps({"question": q, "answers": [a], "passages": [{"title": t, "text": x}]})
+                               for q, a, t, x in [("Where is it rowed?", "Lake Ennisar", title, text),
+                                                  ("What is it?", "a stew", FACTS[1][0], FACTS[1][1])]))
+    launch(tmp_path, model_dir, data, 1, steps=2, out="run", weights="{lm: 1.0, retrieved: 1.0}",
+           extra=f"heldout_first: 1\nretrieved: [{multi}]\nretrieved_per_step: 1\ntop_k: 1\n")
+    assert "retrieved: 1 questions with their top 1 passages" in (tmp_path / "stdout.txt").read_text()
+    assert "documents: 3 train, 1 held aside" in (tmp_path / "stdout.txt").read_text()
+
+
 def test_bf16_autocast_trains_and_keeps_fp32_weights(tmp_path, setup):
     from safetensors.torch import load_file
 

@@ -370,9 +370,13 @@ def main() -> None:
     if cfg["passages"]:
         log(f"passages: {len(pool) - len(train_docs)} without questions, for the doc objective")
     # The retrieved questions' passages join the pool and are kept as pool rows (embedded like the rest).
-    retrieved = []
+    # A question whose passages include a held-aside document is left out: training on its
+    # passages would break the promise of heldout_hashes.json.
+    retrieved, held = [], {content_hash(d.text) for d, _ in heldout}
     pool_row = {content_hash(d.text): i for i, d in enumerate(pool)}
     for top, question, answer in retrieved_questions(cfg["retrieved"], cfg["skip_first_questions"], cfg["top_k"]):
+        if any(content_hash(p.text) in held for p in top):
+            continue
         for p in top:
             if pool_row.setdefault(content_hash(p.text), len(pool)) == len(pool):
                 pool.append(p)
@@ -438,8 +442,8 @@ def main() -> None:
         saved = json.loads((state_dir / "step.json").read_text())
         step, spent = saved["step"], saved.get("seconds", 0.0)
         log(f"resumed from step {step}")
-        if accelerator.is_main_process:
-            drop_log_after(out / "log.jsonl", step)
+    if accelerator.is_main_process:  # also with no state: a run killed before its first save logged steps
+        drop_log_after(out / "log.jsonl", step)
     budget = cfg["max_minutes"] * 60 if cfg["max_minutes"] else None
 
     def progress() -> float:
