@@ -219,7 +219,7 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
                                                      merges.get("hyper"), settings))
     results["throughput_q_per_s"] = work.stage(
         "throughput", query_key, lambda: batch_throughput(model, tokenizer, first, first_merged, settings))
-    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     plots = write_plots(results, out)
     write_report(results, out, plots)
     return results

@@ -274,7 +274,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["adapter_mean_cosine"] = mean_pairwise_cosine(distinct)
     result["config"] = vars(args)
     if answers is not None:
-        Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
         answers.unlink()  # the results hold every answer now
     if "adapter_mean_cosine" in result:
         print(f"adapter mean pairwise cosine (first {len(distinct)} distinct adapters): {result['adapter_mean_cosine']:.3f}")

@@ -189,5 +189,5 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
     if plots:
         L += ["## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()] + [""]
     path = out / "report.md"
-    path.write_text("\n".join(L))
+    path.write_text("\n".join(L), encoding="utf-8")
     return path

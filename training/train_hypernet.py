@@ -184,7 +184,7 @@ def _check_types(cfg: dict, path: str) -> None:
 def load_config(path: str, overrides: list[str]) -> dict:
     cfg = json.loads(json.dumps(DEFAULTS))
     try:
-        loaded = _yaml(Path(path).read_text(), path) or {}
+        loaded = _yaml(Path(path).read_text(encoding="utf-8"), path) or {}
     except OSError as err:
         sys.exit(f"{path}: cannot read the config ({err.strerror})")
     except UnicodeDecodeError as err:
