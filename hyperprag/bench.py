@@ -209,7 +209,8 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
                              [content_hash(p.text) for p in first.passages[: settings.cost_docs]])
     results["cost_seconds_per_doc"] = work.stage(
         "cost", timing_key, lambda: encoder_cost(model, tokenizer, encoders, first.passages, settings))
-    results["bytes_per_doc"] = {n: statistics.median(r.bytes for r in store.records() if r.encoder == e.key)
+    results["bytes_per_doc"] = {n: statistics.median(r.bytes for r in store.records()
+                                                     if r.encoder == e.key and r.base_model == e.base_model)
                                 for n, e in encoders.items()}
     # latency and throughput are measured on the first questions, with their passages
     n_queries = max(settings.latency_queries, settings.throughput_queries)

@@ -348,3 +348,21 @@ def test_a_rerun_on_more_questions_measures_latency_and_throughput_anew(setup):
     limit[1] = "4"  # the timing questions are now the first four, not the first two
     assert main(args + limit) == 0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["throughput_q_per_s"]["batch"] == 4
+
+
+def test_adapter_bytes_count_only_this_base_models_adapters(setup):
+    import dataclasses
+
+    from hyperprag.store import AdapterStore
+
+    tmp_path, args = setup
+    args = args + ["--modes", "closed", "hyper"]
+    assert main(args) == 0
+    before = json.loads((tmp_path / "out" / "results.json").read_text())["bytes_per_doc"]
+    store = AdapterStore(tmp_path / "store")
+    for rec in store.records():  # the same documents and encoder, another (larger) base model
+        ad = store.get(rec.doc_hash, rec.encoder, rec.base_model)
+        big = {n: (a.repeat(1, 8), b.repeat(8, 1)) for n, (a, b) in ad.factors.items()}
+        store.put(dataclasses.replace(ad, factors=big, base_model="another-model"), rec.encoder)
+    assert main(args) == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["bytes_per_doc"] == before
