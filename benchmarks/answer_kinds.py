@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from hyperprag.metrics import normalize_answer
@@ -25,13 +26,24 @@ from hyperprag.metrics import normalize_answer
 CHOICE = re.compile(r"^(?:.*,\s*|\w+\s+)(.+?)\s+or\s+(.+?)\?$")
 
 
+def by_id(rows: Iterable[dict], where: str) -> dict[str, dict]:
+    """Rows keyed by question id. A repeated id is an error: a dict would keep only its last row,
+    and the means, the n and the pairing would differ from the run's own without a word."""
+    out: dict[str, dict] = {}
+    for row in rows:
+        if row["id"] in out:
+            raise SystemExit(f"{where}: question {row['id']!r} is listed twice")
+        out[row["id"]] = row
+    return out
+
+
 def answers(work: Path, dataset: str, mode: str) -> dict[str, dict]:
     """The bench's answer file for one mode (its name ends in a 12-hex configuration hash)."""
     pattern = re.compile(rf"answers-{re.escape(dataset)}-{re.escape(mode)}-[0-9a-f]{{12}}\.jsonl$")
     files = [f for f in work.glob("answers-*.jsonl") if pattern.search(f.name)]
     if len(files) != 1:
         raise SystemExit(f"{work}: expected one answer file for {dataset}/{mode}, found {len(files)}")
-    return {r["id"]: r for r in map(json.loads, files[0].read_text().splitlines())}
+    return by_id(map(json.loads, files[0].read_text().splitlines()), str(files[0]))
 
 
 def kind(row: dict) -> str:

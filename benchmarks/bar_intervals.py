@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from answer_kinds import answers  # noqa: E402
+from answer_kinds import answers, by_id  # noqa: E402
 from hyperprag.metrics import bootstrap_share, paired_bootstrap  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def f1_by_id(run: Path, dataset: str, mode: str) -> dict[str, float]:
     if results.exists():
         predictions = json.loads(results.read_text())["datasets"].get(dataset, {}).get("predictions", {})
         if mode in predictions:
-            return {p["id"]: p["f1"] for p in predictions[mode]}
+            return {i: p["f1"] for i, p in by_id(predictions[mode], f"{results} {dataset}/{mode}").items()}
     return {i: r["f1"] for i, r in answers(run / "work", dataset, mode).items()}
 
 

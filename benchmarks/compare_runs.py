@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from answer_kinds import answers
+from answer_kinds import answers, by_id
 from hyperprag.metrics import paired_bootstrap
 
 
@@ -35,7 +35,7 @@ def per_question_f1(results: Path, dataset: str, mode: str) -> dict[str, float]:
     predictions = data[dataset]["predictions"]
     if mode not in predictions:
         raise SystemExit(f"{results}: {dataset} has no mode {mode!r} (has {', '.join(predictions)})")
-    return {p["id"]: p["f1"] for p in predictions[mode]}
+    return {i: row["f1"] for i, row in by_id(predictions[mode], f"{results} {dataset}/{mode}").items()}
 
 
 def compare(base: dict[str, float], other: dict[str, float]) -> tuple[float, float, float]:

@@ -42,6 +42,9 @@ def predictions(sources: str, mode: str) -> dict[str, dict]:
 
 def join(question_ids: list[str], specs: list[str]) -> dict[str, list[dict]]:
     """Each ``MODE=SOURCES`` spec's predictions, in the order of ``question_ids``."""
+    repeated = sorted({i for i in question_ids if question_ids.count(i) > 1})
+    if repeated:  # each would be written, and counted, twice
+        raise SystemExit(f"the questions list {len(repeated)} ids twice, e.g. {repeated[0]!r}")
     joined = {}
     for spec in specs:
         mode, eq, sources = spec.partition("=")

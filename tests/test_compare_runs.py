@@ -29,6 +29,11 @@ def test_runs_on_different_questions_or_missing_modes_are_refused(tmp_path):
         compare(a, b)
     with pytest.raises(SystemExit, match="no mode 'hyper'"):
         per_question_f1(tmp_path / "a.json", "squad", "hyper")
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps({"datasets": {"squad": {"predictions": {"prag": [
+        {"id": "q1", "prediction": "x", "f1": 1.0}, {"id": "q1", "prediction": "y", "f1": 0.0}]}}}}))
+    with pytest.raises(SystemExit, match="question 'q1' is listed twice"):
+        per_question_f1(twice, "squad", "prag")
     with pytest.raises(SystemExit, match="none.json: no such results.json"):
         per_question_f1(tmp_path / "none.json", "squad", "prag")
 

@@ -32,3 +32,5 @@ def test_missing_doubled_or_absent_answers_are_refused(tmp_path):
         join(["q1"], [f"prag={a}:first,{a}:first"])
     with pytest.raises(SystemExit, match="no mode 'rag'"):
         join(["q1"], [f"rag={a}:first"])
+    with pytest.raises(SystemExit, match="list 1 ids twice, e.g. 'q1'"):  # a question file concatenated wrongly
+        join(["q1", "q1"], [f"prag={a}:first"])
