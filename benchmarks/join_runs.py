@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from hyperprag.data import load_questions
@@ -42,7 +43,7 @@ def predictions(sources: str, mode: str) -> dict[str, dict]:
 
 def join(question_ids: list[str], specs: list[str]) -> dict[str, list[dict]]:
     """Each ``MODE=SOURCES`` spec's predictions, in the order of ``question_ids``."""
-    repeated = sorted({i for i in question_ids if question_ids.count(i) > 1})
+    repeated = sorted(i for i, n in Counter(question_ids).items() if n > 1)
     if repeated:  # each would be written, and counted, twice
         raise SystemExit(f"the questions list {len(repeated)} ids twice, e.g. {repeated[0]!r}")
     joined = {}

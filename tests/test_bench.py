@@ -341,7 +341,7 @@ def test_closed_book_alone_needs_no_passages(setup):
 
 def test_a_rerun_on_more_questions_measures_latency_and_throughput_anew(setup):
     tmp_path, args = setup
-    args = [a for a in args if a != "--quiet"] + ["--quiet", "--modes", "closed", "rag", "--throughput-queries", "4"]
+    args = args + ["--modes", "closed", "rag", "--throughput-queries", "4"]
     limit = ["--limit", "2"]
     assert main(args + limit) == 0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["throughput_q_per_s"]["batch"] == 2
