@@ -243,7 +243,7 @@ class TokenKeyValue(TokenSequence):
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, window: int | None = None,
                  max_tokens: int = 256):
         super().__init__(model, tokenizer, max_tokens)
-        self.window = window or 4
+        self.window = 4 if window is None else window
         if self.window < 1:
             raise ValueError(f"window must be at least 1 token, got {self.window}")
         self.id = f"token-kv:{model_id(model)}:{self.window}"

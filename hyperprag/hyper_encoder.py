@@ -79,17 +79,24 @@ class HyperEncoder(DocumentEncoder):
         self.base_model = base_model
         self.targets = targets
         self.chunk_size = batch_size
-        self._weights_digest: str | None = None
+        self._digest: tuple[tuple, str] | None = None
 
     @property
     def key(self) -> str:
-        if self._weights_digest is None:
-            h = hashlib.sha256()
+        """Names the function from text to adapters: the config (alpha sets the scaling without
+        touching a weight), the embedding source and the weights. The weights' hash is kept until
+        a weight or buffer changes (an optimiser step, a load, ``set_center``, a move), so that a
+        store or a result cache is never served adapters of weights that have since changed."""
+        tensors = (*self.hypernet.parameters(), *self.hypernet.buffers())
+        stamp = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
+        if self._digest is None or self._digest[0] != stamp:
+            h = hashlib.sha256(json.dumps(self.hypernet.config.to_dict(), sort_keys=True).encode())
+            h.update(self.source.id.encode())
             for name, t in sorted(self.hypernet.state_dict().items()):
                 h.update(name.encode())
                 h.update(t.detach().cpu().float().numpy().tobytes())
-            self._weights_digest = h.hexdigest()[:10]
-        return f"{self.name}-v{self.version}-{self._weights_digest}"
+            self._digest = (stamp, h.hexdigest()[:10])
+        return f"{self.name}-v{self.version}-{self._digest[1]}"
 
     def factors(self, embeddings: torch.Tensor) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Per document, per target module (A, B); differentiable, for training."""

@@ -131,6 +131,10 @@ class HyperNetwork(nn.Module):
             raise ValueError("copy_dim sets what the copy path copies; it needs copy_tokens")
         if config.copy_keys and config.copy_dim is None:
             raise ValueError("copy_keys copies the channels before copy_dim into A rows; it needs copy_dim")
+        if config.copy_dim is not None and not 0 < config.copy_dim <= config.embed_dim - bool(config.copy_keys):
+            raise ValueError(f"copy_dim must be between 1 and the embedding's {config.embed_dim} channels"
+                             f"{' less one (copy_keys copies the channels before it)' if config.copy_keys else ''}, "
+                             f"got {config.copy_dim}")
         if config.reader == "attention":
             self._init_attention_reader()
         else:
@@ -302,7 +306,9 @@ class HyperNetwork(nn.Module):
         optimiser step, a load or ``set_center`` does, or by a move)."""
         cfg = self.config
         tensors = (*self.parameters(), *self.buffers())
-        stamp = (centred, tuple((t._version, t.data_ptr(), t.dtype) for t in tensors))
+        device = tensors[0].device.type   # a plan built under autocast holds low-precision queries
+        stamp = (centred, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device),
+                 tuple((t._version, t.data_ptr(), t.dtype) for t in tensors))
         cached = getattr(self, "_plan_cache", None)
         if not torch.is_grad_enabled() and cached is not None and cached[0] == stamp:
             return cached[1]

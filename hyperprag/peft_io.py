@@ -85,6 +85,13 @@ def import_peft(peft_dir: str | Path, model: PreTrainedModel) -> DocAdapter:
         factors[name] = (a.float(), b.float())
     if not factors:
         raise HyperpragError(f"{root}: no LoRA weights found")
-    return DocAdapter(factors, scaling, model_id(model), "peft", "1",
-                      hashlib.sha256(weights.read_bytes()).hexdigest(),
+    # The hash names the delta for merges and resumed runs: the tensors and the scaling read from
+    # adapter_config.json (the same weights at another lora_alpha are another adapter), not the
+    # file's bytes, whose metadata order safetensors does not keep from one save to the next.
+    digest = hashlib.sha256(repr(scaling).encode())
+    for name in sorted(factors):
+        for t in factors[name]:
+            digest.update(name.encode())
+            digest.update(t.contiguous().numpy().tobytes())
+    return DocAdapter(factors, scaling, model_id(model), "peft", "1", digest.hexdigest(),
                       {"source": str(root)})

@@ -679,3 +679,75 @@ def test_sibling_margin_reads_numbers_at_their_first_digit_not_the_space_before_
     logp = torch.log_softmax(logits[at], -1)
     by_hand = [torch.relu(0.5 - (logp[i, second[i]] - logp[i, sib[i]])) for i in range(2)]
     assert torch.allclose(sibling_margin(logits, batch, sib, 0.5), torch.stack(by_hand).mean())
+
+
+def test_attention_readers_kept_queries_follow_autocast(tokenizer):
+    """Queries kept from a bf16 autocast call must not be reused by a full-precision one."""
+    from hyperprag.embeddings import build_source
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    model = tiny_model("gemma3_text")
+    src = build_source("token-seq", model, tokenizer)
+    net = HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32,
+                                                   reader="attention")).eval()
+    emb = src.embed([d.text for d in DOCS])
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(emb)
+        after = net(emb)
+    fresh = HyperNetwork(net.config)
+    fresh.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        for (a0, b0), (a1, b1) in zip(fresh.eval()(emb).values(), after.values()):
+            assert a1.dtype == torch.float32 and torch.equal(a0, a1) and torch.equal(b0, b1)
+
+
+def test_encoder_key_follows_weight_changes_and_the_config(tmp_path):
+    """The key names what the store and the result caches hold: adapters of changed weights, or of
+    the same weights at another alpha, must never be served under the old one."""
+    import json
+
+    from hyperprag.store import AdapterStore
+
+    model = tiny_model()
+    enc = HyperEncoder.create(model, HashSource(), hidden=32)
+    store = AdapterStore(tmp_path / "store")
+    first = enc.key
+    old = store.get_or_encode(DOCS[:1], enc)[0]
+    with torch.no_grad():
+        for p in enc.hypernet.parameters():
+            p.add_(1.0)
+    assert enc.key != first
+    new = store.get_or_encode(DOCS[:1], enc)[0]
+    name = next(iter(new.factors))
+    assert not torch.equal(old.factors[name][1], new.factors[name][1])
+    assert torch.equal(new.factors[name][1], enc.encode(DOCS[:1])[0].factors[name][1])
+
+    enc.save_pretrained(tmp_path / "a")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    config["hypernet"]["alpha"] /= 8
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "b" / "model.safetensors").write_bytes((tmp_path / "a" / "model.safetensors").read_bytes())
+    a = HyperEncoder.from_pretrained(tmp_path / "a", model, source=HashSource())
+    b = HyperEncoder.from_pretrained(tmp_path / "b", model, source=HashSource())
+    assert a.key == enc.key and b.key != a.key
+
+
+def test_copy_dim_beyond_the_embedding_is_refused_when_built():
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    targets = find_ffn_targets(tiny_model("gemma3_text"))
+    with pytest.raises(ValueError, match="copy_dim must be between 1 and the embedding's 32 channels"):
+        HyperNetwork(HyperNetConfig.from_targets(targets, 32, hidden=32, reader="attention",
+                                                 copy_tokens=True, copy_dim=64))
+    with pytest.raises(ValueError, match="less one"):
+        HyperNetwork(HyperNetConfig.from_targets(targets, 32, hidden=32, reader="attention",
+                                                 copy_tokens=True, copy_dim=32, copy_keys=True))
+
+
+def test_a_key_value_window_of_zero_is_refused_not_read_as_the_default(tokenizer):
+    from hyperprag.embeddings import TokenKeyValue
+
+    with pytest.raises(ValueError, match="got 0"):
+        TokenKeyValue(tiny_model("gemma3_text"), tokenizer, window=0)

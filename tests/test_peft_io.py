@@ -96,3 +96,20 @@ def test_import_refuses_what_it_cannot_represent_in_one_line(tmp_path):
     (out / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(HyperpragError, match="lacks 'r' or 'lora_alpha'"):
         import_peft(out, tiny_model())
+
+
+def test_an_imports_hash_names_its_delta_scaling_included(tmp_path):
+    """The doc hash names the delta for merges and resumed runs: the same export twice is one
+    adapter, the same weights at another lora_alpha another."""
+    model = tiny_model()
+    ad = random_adapter(model)
+    for name, alpha in (("a", None), ("b", 4)):
+        export_peft(ad, tmp_path / name)
+        if alpha:
+            path = tmp_path / name / "adapter_config.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "lora_alpha": alpha}))
+        export_peft(ad, tmp_path / f"{name}-again")  # safetensors may write its metadata in another order
+    a, b = import_peft(tmp_path / "a", model), import_peft(tmp_path / "b", model)
+    assert import_peft(tmp_path / "a-again", model).doc_hash == a.doc_hash
+    assert a.scaling != b.scaling and a.doc_hash != b.doc_hash
+    assert merge_adapters([a]).doc_hash != merge_adapters([b]).doc_hash
