@@ -43,7 +43,10 @@ def answers(work: Path, dataset: str, mode: str) -> dict[str, dict]:
     files = [f for f in work.glob("answers-*.jsonl") if pattern.search(f.name)]
     if len(files) != 1:
         raise SystemExit(f"{work}: expected one answer file for {dataset}/{mode}, found {len(files)}")
-    return by_id(map(json.loads, files[0].read_text().splitlines()), str(files[0]))
+    # split on newlines only: the bench writes answers unescaped (ensure_ascii=False), and
+    # str.splitlines would also cut a row at a U+2028 or U+0085 inside a prediction or a title
+    lines = files[0].read_text(encoding="utf-8").split("\n")
+    return by_id((json.loads(line) for line in lines if line.strip()), str(files[0]))
 
 
 def kind(row: dict) -> str:

@@ -36,8 +36,13 @@ def f1_by_id(run: Path, dataset: str, mode: str) -> dict[str, float]:
     session 28), else from the answer files in its work/."""
     results = run / "results.json"
     if results.exists():
-        predictions = json.loads(results.read_text())["datasets"].get(dataset, {}).get("predictions", {})
-        if mode in predictions:
+        data = json.loads(results.read_text())["datasets"]
+        if dataset not in data:
+            raise SystemExit(f"{results}: no dataset {dataset!r} (has {', '.join(data)})")
+        predictions = data[dataset].get("predictions")
+        if predictions is not None:  # else a run from before session 28: its answers are in work/
+            if mode not in predictions:  # e.g. the bench could not draw the wrong-document ablation
+                raise SystemExit(f"{results}: {dataset} has no mode {mode!r} (has {', '.join(predictions)})")
             return {i: p["f1"] for i, p in by_id(predictions[mode], f"{results} {dataset}/{mode}").items()}
     return {i: r["f1"] for i, r in answers(run / "work", dataset, mode).items()}
 

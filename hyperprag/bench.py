@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -220,10 +221,24 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
                                                      merges.get("hyper"), settings))
     results["throughput_q_per_s"] = work.stage(
         "throughput", query_key, lambda: batch_throughput(model, tokenizer, first, first_merged, settings))
-    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(undefined_as_null(results), indent=1, ensure_ascii=False,
+                                                 allow_nan=False), encoding="utf-8")
     plots = write_plots(results, out)
     write_report(results, out, plots)
     return results
+
+
+def undefined_as_null(value):
+    """``value`` with every NaN or infinity as None. A share with no gap or lift to divide by is NaN
+    in memory; written as is, ``json`` emits a bare ``NaN`` that is not JSON and that other readers
+    refuse, so results.json says ``null`` there, and any other non-finite figure fails the write."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: undefined_as_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [undefined_as_null(v) for v in value]
+    return value
 
 
 def _f1s(records: list[dict]) -> list[float]:

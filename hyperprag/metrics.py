@@ -73,14 +73,17 @@ def bootstrap_share(part: Sequence[float], whole: Sequence[float], resamples: in
     denominators are noisy too, so a share alone says far less than it seems to."""
     if len(part) != len(whole) or not part:
         raise ValueError("need the same questions, at least one, in both")
-    if sum(whole) == 0:
-        return float("nan"), float("nan"), float("nan")
     rng, n = random.Random(seed), len(part)
+    # F1 differences that cancel leave a sum of about 1e-16, not 0: dividing by it gives a share of
+    # 1e15. A mean below 1e-9 (as in ``specificity``) is no gap.
+    tiny = 1e-9 * n
+    if abs(sum(whole)) <= tiny:
+        return float("nan"), float("nan"), float("nan")
     shares = []
     for _ in range(resamples):
         idx = rng.choices(range(n), k=n)
         w = sum(whole[i] for i in idx)
-        if w != 0:
+        if abs(w) > tiny:
             shares.append(sum(part[i] for i in idx) / w)
     shares.sort()
     k = len(shares)

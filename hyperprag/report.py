@@ -10,8 +10,9 @@ def _f(x: float | None, digits: int = 3) -> str:
 
 
 def _defined(values: list[float] | None) -> bool:
-    """A share's interval is NaN where a resample had no gap to divide by: print none rather than 'nan'."""
-    return bool(values) and all(v == v for v in values)
+    """A share's interval is NaN (null in results.json) where there is no gap to divide by: print
+    none rather than 'nan'."""
+    return bool(values) and all(v is not None and v == v for v in values)
 
 
 def _lift_unmeasured(w: dict) -> bool:

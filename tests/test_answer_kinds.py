@@ -27,3 +27,16 @@ def test_picked_option():
     assert picked_option(row(q, [], "On Body And Soul or Pearl Lust")) is None  # both named: no pick
     q = "Was Jamie Curry or Alyaksey Vasilewski born first?"
     assert picked_option(row(q, [], "Alyaksey Vasilewski")) == "Alyaksey Vasilewski born first"
+
+
+def test_answer_files_are_read_a_row_a_line_whatever_the_predictions_hold(tmp_path):
+    """The bench writes rows unescaped: a U+2028 or U+0085 in a prediction is not a line break."""
+    import json
+
+    from answer_kinds import answers
+
+    rows = [{"id": "q0", "prediction": "Paris\u2028France", "f1": 1.0}, {"id": "q1", "prediction": "x\x85y", "f1": 0.0}]
+    (tmp_path / "answers-squad-hyper-0123456789ab.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    got = answers(tmp_path, "squad", "hyper")
+    assert list(got) == ["q0", "q1"] and got["q0"]["prediction"] == "Paris\u2028France"

@@ -62,3 +62,13 @@ def test_a_results_json_with_the_ablation_answers_needs_no_work_directory(tmp_pa
 def test_a_share_of_a_gap_that_may_be_zero_is_not_given():
     assert _share((0.34, 0.09, 0.61), (0.276, 0.187, 0.368), "gap") == "34% [9%, 61%]"
     assert _share((0.34, -1.58, 2.29), (0.096, -0.009, 0.204), "gap") == "not measured: gap +0.096 [-0.009, +0.204]"
+
+
+def test_a_results_json_without_the_dataset_or_mode_says_what_it_has(tmp_path):
+    """Not 'expected one answer file in work/': the run's results.json is what lacks it."""
+    preds = {m: [{"id": "q0", "prediction": "x", "f1": 0.0}] for m in ("closed", "rag", "hyper")}
+    (tmp_path / "results.json").write_text(json.dumps({"datasets": {"squad": {"predictions": preds}}}))
+    with pytest.raises(SystemExit, match=r"no dataset 'squadd' \(has squad\)"):
+        pooled_rows([(tmp_path, "squadd")])
+    with pytest.raises(SystemExit, match=r"squad has no mode 'hyper-wrongdoc' \(has closed, rag, hyper\)"):
+        pooled_rows([(tmp_path, "squad")])

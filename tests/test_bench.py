@@ -50,7 +50,10 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
     tmp_path, args = setup
     assert main(args) == 0
     out = tmp_path / "out"
-    res = json.loads((out / "results.json").read_text())
+    def refuse(constant):
+        raise AssertionError(f"results.json holds a bare {constant}, which is not JSON")
+
+    res = json.loads((out / "results.json").read_text(), parse_constant=refuse)
     assert res["command"].startswith("hyperprag bench --data") and res["versions"]["torch"]
     assert set(res["datasets"]) == {"alpha", "beta"}
     assert res["merge"] == {"exact": "sum", "hyper": "mean"}  # each encoder's own, as --merge was not given
@@ -60,10 +63,10 @@ def test_bench_writes_every_figure_report_and_plots(setup, capsys):
         assert set(ds["wrong_document"]) == {"prag", "hyper", "prag-combine", "hyper-combine"}
         assert ds["wrong_document"]["hyper-combine"]["baseline"] == "rag"
         assert ds["wrong_document"]["hyper"]["baseline"] == "closed"
-        # every share the bar is stated in comes with its interval (nan where the tiny model shows no gap)
+        # every share the bar is stated in comes with its interval (null where the tiny model shows no gap)
         assert set(ds["intervals"]["gap_share"]) == {"prag", "hyper"} and len(ds["intervals"]["hyper_minus_prag"]) == 3
         for est, lo, hi in [*ds["intervals"]["gap_share"].values(), ds["intervals"]["hyper_minus_prag"]]:
-            assert est != est or lo <= est <= hi
+            assert est is None or lo <= est <= hi
         assert all(len(w["share_of_lift_lost_interval"]) == 2 and len(w["lift_interval"]) == 2
                    for w in ds["wrong_document"].values())
         assert len(ds["intervals"]["gap"]) == 3
@@ -281,6 +284,9 @@ def test_report_states_the_bar_shares_with_their_intervals():
     ds["wrong_document"]["hyper"]["lift_interval"] = [0.01, 0.12]
     lines = verdicts({"datasets": {"squad": ds}})
     assert not any("nan" in line for line in lines)
+    ds["intervals"] = {"gap_share": {"hyper": [0.34, None, 0.5]}}  # as results.json writes it
+    lines = verdicts({"datasets": {"squad": ds}})
+    assert not any("nan" in line or "None" in line for line in lines)
     # equal F1 is a match, not falling short by 0.000
     modes["prag"]["f1"] = 0.177
     assert "generated adapters match trained ones (hyper" in verdicts({"datasets": {"squad": ds}})[2]

@@ -72,6 +72,13 @@ def test_bootstrap_share_interval():
     share, lo, hi = bootstrap_share([0.0] * 40 + [1.0] * 10 + [0.0] * 50, [1.0] * 40 + [0.0] * 60)
     assert share == pytest.approx(0.25) and lo < share < hi
     assert all(x != x for x in bootstrap_share([1.0, 0.0], [0.5, -0.5]))  # no gap: no share
+    # gaps that cancel only up to rounding are no gap either: rag's F1 1/3, 1/3, 0 against closed's
+    # 0, 0, 2/3 sum to 1e-16, which gave a share of -3e15
+    from hyperprag.metrics import token_f1
+    third = token_f1("x y z z z", "x")
+    gaps = [third - 0, third - 0, 0 - 2 / 3]
+    assert sum(gaps) != 0
+    assert all(x != x for x in bootstrap_share([1.0, 0.0, 0.0], gaps))
     assert bootstrap_share([1.0, 0.0, 1.0], [1.0, 1.0, 0.5], seed=3) == bootstrap_share([1.0, 0.0, 1.0], [1.0, 1.0, 0.5], seed=3)
     with pytest.raises(ValueError):
         bootstrap_share([1.0], [1.0, 0.0])
