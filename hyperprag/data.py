@@ -96,8 +96,13 @@ def _parse_passage(obj: object, path: Path, lineno: int, where: str) -> Passage:
 def read_qa_jsonl(path: str | Path) -> list[QAExample]:
     """Questions in the shared shape: id, question, answers, passages, optional type/doc_id/dataset."""
     path = Path(path)
-    examples = []
+    examples, first_line = [], {}
     for lineno, obj in _iter_json_lines(path):
+        # answers are paired across modes and runs by id: a repeated one would pair two questions
+        qid = str(obj["id"]) if obj.get("id") is not None else f"{path.stem}-{lineno}"
+        if qid in first_line:
+            raise DataError(path, lineno, f"question id {qid!r} is already used on line {first_line[qid]}")
+        first_line[qid] = lineno
         answers = obj.get("answers")
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
             raise DataError(path, lineno, "field 'answers' must be a non-empty list of strings")
@@ -108,7 +113,7 @@ def read_qa_jsonl(path: str | Path) -> list[QAExample]:
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 raise DataError(path, lineno, f"field '{key}' must be a string, got {obj[key]!r}")
         examples.append(QAExample(
-            id=str(obj.get("id", f"{path.stem}-{lineno}")),
+            id=qid,
             question=_require_str(obj, "question", path, lineno),
             answers=answers,
             passages=[_parse_passage(p, path, lineno, f"passage {i}") for i, p in enumerate(passages)],

@@ -154,7 +154,7 @@ class HiddenSequence(TokenSequence):
                  max_tokens: int = 256):
         super().__init__(model, tokenizer, max_tokens)
         self.model = model
-        self.layer = layer if layer is not None else model.config.num_hidden_layers // 3
+        self.layer = layer if layer is not None else max(1, model.config.num_hidden_layers // 3)
         if not 0 < self.layer <= model.config.num_hidden_layers:
             raise ValueError(f"layer must be between 1 and {model.config.num_hidden_layers}, got {self.layer}")
         self.id = f"hidden-seq:{model_id(model)}:{self.layer}"

@@ -37,6 +37,16 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, message):
     assert message in str(err.value)
 
 
+def test_question_ids_are_unique_and_a_null_id_is_the_lines(tmp_path):
+    """Modes and runs are paired by id: two questions under one id would be paired wrongly."""
+    row = {"question": "q", "answers": ["a"]}
+    path = _write(tmp_path, "q.jsonl", [json.dumps({**row, "id": None}), json.dumps({**row, "id": None})])
+    assert [ex.id for ex in read_qa_jsonl(path)] == ["q-1", "q-2"]
+    path = _write(tmp_path, "d.jsonl", [json.dumps({**row, "id": 7}), "", json.dumps({**row, "id": "7"})])
+    with pytest.raises(DataError, match=r"d.jsonl:3: question id '7' is already used on line 1"):
+        read_qa_jsonl(path)
+
+
 def test_non_utf8_line_is_reported(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_bytes(GOOD.encode() + b"\n" + b'{"question": "caf\xe9"}\n')

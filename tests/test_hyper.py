@@ -751,3 +751,13 @@ def test_a_key_value_window_of_zero_is_refused_not_read_as_the_default(tokenizer
 
     with pytest.raises(ValueError, match="got 0"):
         TokenKeyValue(tiny_model("gemma3_text"), tokenizer, window=0)
+
+
+def test_hidden_sequence_default_layer_exists_on_a_two_layer_model(tokenizer):
+    """The default layer is a third of the way up, but at least the first: on a two-layer model
+    a third rounds to 0, which was refused as if the user had asked for it."""
+    from hyperprag.embeddings import build_source
+
+    model = tiny_model("llama")
+    assert model.config.num_hidden_layers < 3
+    assert build_source("hidden-seq", model, tokenizer).id.endswith(":1")
