@@ -117,7 +117,13 @@ class HyperEncoder(DocumentEncoder):
             if not d.text.strip():
                 raise HyperpragError(f"document '{d.title or d.id}' is empty")
         emb = self.source.embed([d.text for d in docs])
-        out = self.hypernet(emb.to(next(self.hypernet.parameters()).device))
+        # in eval mode whatever the caller left the network in: in training mode a centred network
+        # subtracts the batch's own mean, so a document's adapter would depend on its batch-mates
+        training = self.hypernet.training
+        try:
+            out = self.hypernet.eval()(emb.to(next(self.hypernet.parameters()).device))
+        finally:
+            self.hypernet.train(training)
         per_doc = self._per_document({r: (a.cpu(), b.cpu()) for r, (a, b) in out.items()})
         return [DocAdapter(f, self.hypernet.config.scaling, self.base_model, self.name, self.version,
                            content_hash(d.text), {"encoder_key": self.key, "embedding": self.source.id})

@@ -88,6 +88,8 @@ def test_centred_hypernet_removes_the_common_part(tmp_path):
     assert sorted(f.name for f in (tmp_path / "c").iterdir()) == ["config.json", "model.safetensors"]  # no .tmp left
     loaded = HyperEncoder.from_pretrained(tmp_path / "c", tiny_model(), source=HashSource())
     assert torch.allclose(loaded.encode(DOCS[:1])[0].factors[name][1], x.factors[name][1], atol=1e-6)
+    net.train()  # left in training mode by a caller: encode still gives each document its own adapter
+    assert torch.allclose(enc.encode(DOCS[:1])[0].factors[name][1], x.factors[name][1], atol=1e-6) and net.training
 
 
 def test_batched_encode_equals_one_by_one():
