@@ -38,7 +38,7 @@ from .evaluate import MODES, evaluate, get_mode, merged_adapters, summarize
 from .generation import generate_completions
 from .inject import inject
 from .merge import merge_adapters
-from .metrics import bootstrap_share, paired_bootstrap
+from .metrics import best_em_f1, bootstrap_share, paired_bootstrap
 from .models import model_id
 from .prompts import build_prompt
 from .store import AdapterStore
@@ -128,6 +128,8 @@ def answer_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ds: D
     records = _read_records(path)
     if len(records) > len(ds.examples):
         raise ValueError(f"{path} holds more answers than there are questions; delete it")
+    for r in records:  # scored again: answers kept from before a fix to the metric get today's score
+        r["em"], r["f1"] = best_em_f1(r["prediction"], r["answers"])
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not path.exists() or path.read_bytes() != text.encode("utf-8"):  # drop a cut last line, atomically
         tmp = path.with_suffix(".tmp")

@@ -372,3 +372,21 @@ def test_adapter_bytes_count_only_this_base_models_adapters(setup):
         store.put(dataclasses.replace(ad, factors=big, base_model="another-model"), rec.encoder)
     assert main(args) == 0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["bytes_per_doc"] == before
+
+
+def test_kept_answers_are_scored_again_when_read_back(tmp_path):
+    """An answer file written before a fix to the metric (here: '.' as a gold alias once gave an
+    empty prediction full marks) must not carry its old score into a resumed run."""
+    from hyperprag.bench import BenchSettings, Dataset, answer_all
+    from hyperprag.data import QAExample
+
+    ex = [QAExample(id="q0", question="Q?", answers=["Kelmash", "."], passages=[]),
+          QAExample(id="q1", question="R?", answers=["Lake Ennisar"], passages=[])]
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps({"id": e.id, "question": e.question, "answers": e.answers,
+                                        "prediction": p, "em": 1.0, "f1": 1.0}) + "\n"
+                            for e, p in zip(ex, ["", "Ennisar"])))
+    records = answer_all(None, None, Dataset("d", "d.jsonl", ex, [[], []]), "closed", None, path,
+                         BenchSettings(progress=False), "closed")
+    assert [(r["em"], r["f1"]) for r in records] == [(0.0, 0.0), (0.0, pytest.approx(2 / 3))]
+    assert [json.loads(line)["f1"] for line in path.read_text().splitlines()] == [0.0, pytest.approx(2 / 3)]
