@@ -365,6 +365,7 @@ def encoder_cost(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, enc
                                  augmenter=Augmenter(model, tokenizer, exact.augmenter.config, cache=Path(cold)))
             timed.augmenter.generator  # a bfloat16 copy is made once per process, not once per document
             for doc in tqdm(docs, desc="exact encoder cost", unit="doc", disable=not settings.progress):
+                doc = timed._truncate(doc)[0]  # what encode trains on: a long passage is cut first
                 t0 = time.perf_counter()
                 [aug] = timed.augmenter.augment([doc], progress=False)
                 t1 = time.perf_counter()

@@ -390,3 +390,23 @@ def test_kept_answers_are_scored_again_when_read_back(tmp_path):
                          BenchSettings(progress=False), "closed")
     assert [(r["em"], r["f1"]) for r in records] == [(0.0, 0.0), (0.0, pytest.approx(2 / 3))]
     assert [json.loads(line)["f1"] for line in path.read_text().splitlines()] == [0.0, pytest.approx(2 / 3)]
+
+
+def test_exact_cost_is_timed_on_what_encode_trains_on(tokenizer, monkeypatch):
+    """encode cuts a passage at max_doc_tokens before augmenting and training; the cost must be
+    timed on the same cut passage, not on the whole of a long one."""
+    from conftest import tiny_model
+    from hyperprag.augment import Augmentation, Augmenter
+    from hyperprag.bench import BenchSettings, encoder_cost
+    from hyperprag.data import Passage
+    from hyperprag.exact import ExactEncoder, LoraTrainConfig
+
+    seen = []
+    monkeypatch.setattr(Augmenter, "augment", lambda self, docs, progress=False:
+                        seen.append(docs[0].text) or [Augmentation("h")])
+    monkeypatch.setattr(ExactEncoder, "train", lambda self, sequences: None)
+    model = tiny_model()
+    enc = ExactEncoder(model, tokenizer, LoraTrainConfig(max_doc_tokens=8))
+    long_doc = Passage("T", " ".join(f"word{i}" for i in range(200)))
+    encoder_cost(model, tokenizer, {"exact": enc}, [long_doc], BenchSettings(cost_docs=1, progress=False))
+    assert seen == [enc._truncate(long_doc)[0].text] and len(seen[0]) < len(long_doc.text)
