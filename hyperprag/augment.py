@@ -66,7 +66,9 @@ def parse_qa(completion: str, doc_text: str, max_answer_words: int = 12) -> list
     was refused for a question saying "autumnal". Cached augmentations written under that test
     are kept (each of their pairs passes this one too).
     """
-    text = "Question:" + completion.split("\n\n", 1)[0]
+    # generation stops at the first blank line after some text, so a completion may open with one:
+    # the pairs are what follows it
+    text = "Question:" + completion.lstrip().split("\n\n", 1)[0]
     doc_norm = f" {normalize_answer(doc_text)} "
     pairs, seen = [], set()
     for m in _QA_LINE.finditer(text):

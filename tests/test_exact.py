@@ -27,6 +27,12 @@ def test_parse_qa_keeps_grounded_pairs_only():
                                               ("In which autumnal season is it rowed?", "autumn")]
 
 
+def test_parse_qa_reads_past_a_blank_line_the_completion_opens_with():
+    """Generation stops at the first blank line after some text, so one before it is kept."""
+    completion = "\n\n Where is the race held?\nAnswer: Lake Ennisar\n\n"
+    assert parse_qa(completion, DOC.text) == [("Where is the race held?", "Lake Ennisar")]
+
+
 def test_parse_rewrite_takes_one_line_and_rejects_fragments():
     assert parse_rewrite(" A rowing race on the lake, founded in 1889.\nPassage: x") == \
         "A rowing race on the lake, founded in 1889."
