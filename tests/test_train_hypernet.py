@@ -42,7 +42,8 @@ def setup(tmp_path, tokenizer):
 
 
 def launch(tmp_path, model_dir, data, processes: int, steps: int, out: str,
-           weights: str = "{lm: 1.0, kl: 0.5}", extra: str = "", embedding: str = "hidden", docs_per_step: int = 4):
+           weights: str = "{lm: 1.0, kl: 0.5}", extra: str = "", embedding: str = "hidden", docs_per_step: int = 4,
+           overrides: tuple[str, ...] = ()):
     config = tmp_path / "cfg.yaml"
     config.write_text(f"model: {model_dir}\nembedding: {embedding}\ndata: [{data}]\nheldout_pct: 0\nhidden: 32\n"
                       f"steps: {steps}\ndocs_per_step: {docs_per_step}\nlr: 3.0e-2\nwarmup: 1\nsave_every: 5\nlog_every: 1\n"
@@ -52,7 +53,7 @@ def launch(tmp_path, model_dir, data, processes: int, steps: int, out: str,
     launcher = ["--multi_gpu"] if processes > 1 else ["--cpu"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "training" / "train_hypernet.py"), str(config)]
+           str(ROOT / "training" / "train_hypernet.py"), str(config), *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"processes: {processes}" in proc.stdout
@@ -93,6 +94,17 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     assert not (run / "state.tmp").exists() and not (run / "state" / "junk.bin").exists()
 
 
+def test_a_resumed_run_takes_this_launchs_optimiser_settings_and_says_what_changed(tmp_path, setup):
+    """load_state brings back the saved param groups' weight decay; the new config's must win."""
+    model_dir, data = setup
+    launch(tmp_path, model_dir, data, 1, steps=5, out="run")
+    launch(tmp_path, model_dir, data, 1, steps=10, out="run", overrides=("weight_decay=0.25",))
+    stdout = (tmp_path / "stdout.txt").read_text()
+    assert "resumed from step 5" in stdout and "weight_decay 0.0 -> 0.25" in stdout and "steps 5 -> 10" in stdout
+    saved = torch.load(tmp_path / "run" / "state" / "optimizer.bin", weights_only=False)
+    assert [g["weight_decay"] for g in saved["param_groups"]] == [0.25]
+
+
 def test_a_run_killed_before_its_first_save_restarts_its_log(tmp_path, setup):
     model_dir, data = setup
     run = tmp_path / "run"
@@ -125,6 +137,11 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(tmp_path, setup):
     assert last < first * 0.9, (first, last)
     weights = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
     assert {w.dtype for w in weights.values()} == {torch.float32}
+    # the logged loss without an adapter is taken under the same autocast as the step's own: the
+    # first step's differs from a full-precision run's on the same batch
+    [fp32] = launch(tmp_path, model_dir, data, 1, steps=1, out="fp32")
+    assert log[0]["lm_no_adapter_this_step"] != fp32["lm_no_adapter_this_step"]
+    assert log[0]["lm_no_adapter_this_step"] == pytest.approx(fp32["lm_no_adapter_this_step"], rel=0.05)
 
 
 def test_time_budget_ends_an_annealed_run_on_every_process_and_counts_across_resumes(tmp_path, setup):
@@ -326,6 +343,16 @@ def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, se
     log = launch(tmp_path, model_dir, data, 1, steps=8, out="partial-run", weights="{lm: 0.0, kl: 0.0, recon: 1.0}",
                  extra=f"recon_store: {tmp_path / 'partial'}\nrecon_encoder_key: exact-test\n", docs_per_step=1)
     assert len(log) == 8 and any("recon" not in r and r["loss"] == 0.0 for r in log) and any("recon" in r for r in log)
+    # Logged every 8 steps, recon is the mean over the steps that computed it, not over all 8. At
+    # lr 1e-9 the weights stay put, so both runs see the same batches and losses.
+    extra = f"recon_store: {tmp_path / 'partial'}\nrecon_encoder_key: exact-test\n"
+    each = launch(tmp_path, model_dir, data, 1, steps=8, out="each", weights="{lm: 0.0, kl: 0.0, recon: 1.0}",
+                  extra=extra, docs_per_step=1, overrides=("lr=1.0e-9",))
+    [pooled] = launch(tmp_path, model_dir, data, 1, steps=8, out="pooled", weights="{lm: 0.0, kl: 0.0, recon: 1.0}",
+                      extra=extra, docs_per_step=1, overrides=("lr=1.0e-9", "log_every=8"))
+    scored = [r["recon"] for r in each if "recon" in r]
+    assert 0 < len(scored) < 8 and pooled["recon"] == pytest.approx(sum(scored) / len(scored), rel=1e-4)
+    assert pooled["loss"] == pytest.approx(sum(r["loss"] for r in each) / 8, rel=1e-4)
 
 
 def test_mistakes_found_after_the_model_loads_are_one_line(tmp_path, setup):

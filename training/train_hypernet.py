@@ -442,6 +442,15 @@ def main() -> None:
         saved = json.loads((state_dir / "step.json").read_text())
         step, spent = saved["step"], saved.get("seconds", 0.0)
         log(f"resumed from step {step}")
+        # load_state brings back the saved param groups' settings; lr is set every step, and the
+        # rest must be this launch's too, as its config says
+        for group, wanted in zip(optim.param_groups, groups):
+            group["lr_scale"], group["weight_decay"] = wanted["lr_scale"], cfg["weight_decay"]
+        changed = [f"{k} {saved['config'].get(k)!r} -> {cfg[k]!r}" for k in cfg
+                   if "config" in saved and saved["config"].get(k) != cfg[k]]
+        if changed:
+            log("resumed with settings changed since the run's state was saved (in effect from here): "
+                + "; ".join(changed))
     if accelerator.is_main_process:  # also with no state: a run killed before its first save logged steps
         drop_log_after(out / "log.jsonl", step)
     budget = cfg["max_minutes"] * 60 if cfg["max_minutes"] else None
@@ -488,7 +497,8 @@ def main() -> None:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (tmp / "step.json").write_text(json.dumps({"step": step, "seconds": spent + time.time() - t_start}))
+            (tmp / "step.json").write_text(json.dumps({"step": step, "seconds": spent + time.time() - t_start,
+                                                       "config": cfg}))
             shutil.rmtree(previous, ignore_errors=True)
             if state_dir.exists():
                 state_dir.rename(previous)
@@ -508,7 +518,10 @@ def main() -> None:
     hypernet.train()
     bar = tqdm(total=cfg["steps"], initial=step, desc="train hypernet", disable=not accelerator.is_main_process)
     t_start = time.time()
-    running: dict[str, float] = {}  # loss sums since the last log line; the log shows their means
+    # loss sums since the last log line and how many steps computed each (recon skips a step
+    # whose documents have no stored adapter): the log shows each one's own mean
+    running: dict[str, float] = {}
+    counted: dict[str, int] = {}
     last_log = step
     done = progress()
     while done < 1.0:
@@ -599,10 +612,12 @@ def main() -> None:
                 loss = sum(t.sum() for a, b in out_f.values() for t in (a, b)) * 0.0
         for k, v in [("loss", loss), *losses.items()]:
             running[k] = running.get(k, 0.0) + v.item()
+            counted[k] = counted.get(k, 0) + 1
         paired = {}
         if (step + 1) % cfg["log_every"] == 0:
-            # The same batch's losses without any adapter: is the generated adapter helping?
-            with torch.no_grad():
+            # The same batch's losses without any adapter: is the generated adapter helping? Under
+            # the same autocast as the step's own, so the difference is the adapter's, not bf16's.
+            with torch.no_grad(), accelerator.autocast():
                 for name, b in scored.items():
                     if name in losses:
                         fw = cfg["first_token_weight"] if name in ("lm", "retrieved") else 1.0  # weighted as trained
@@ -617,10 +632,9 @@ def main() -> None:
         done = progress()
         last = done >= 1.0
         if step % cfg["log_every"] == 0 or last:
-            seen = step - last_log
-            record = {"step": step, **{k: v / seen for k, v in running.items()}, **paired,
+            record = {"step": step, **{k: v / counted[k] for k, v in running.items()}, **paired,
                       "lr": lr, "seconds": spent + time.time() - t_start}
-            running, last_log = {}, step
+            running, counted, last_log = {}, {}, step
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k == "loss" or k in weights})
             if accelerator.is_main_process:
                 with log_path.open("a") as fh:
