@@ -35,7 +35,8 @@ factor of a (layer, rank) read the same tokens, so a key (what an A fires on) bi
 a B writes); ``copy_keys`` has the copy path copy a ``*-kv`` source's key into A rows and its word
 into B columns.
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
-to k - 1 others, as top-k retrieval merges them.
+to k - 1 others. Summed, although retrieval averages generated adapters: the sum adds a part every
+document shares k times, so that part cannot be what answers the question.
 The run checkpoints every ``save_every`` steps and resumes from the last one; ``snapshot_every``
 also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning curve.
 ``read_rank`` puts a bottleneck in the attention reader's read maps (faster to run), and
@@ -551,8 +552,9 @@ def main() -> None:
                     siblings.append([o for _, o in qa])  # its own answer drops out by first token
             student, teacher = qa_batches(tokenizer, docs, questions, answers)
             # Each question is answered with the sum of its own document's adapter and those of k - 1
-            # others of the batch (k drawn in 1..merge_k), as top-k retrieval will merge them: a part
-            # every document shares is then added k times, so it cannot be what answers the question.
+            # others of the batch (k drawn in 1..merge_k). Not the mean that retrieval uses (the
+            # `retrieved` objective trains that): a part every document shares is added k times
+            # here, so it cannot be what answers the question.
             k = rng.randint(1, min(cfg["merge_k"], len(idx)))
             others = [rng.sample([j for j in range(len(idx)) if j != r], len(idx) - 1) for r in rows]
             own_sets = torch.tensor([[r, *o[: k - 1]] for r, o in zip(rows, others)], device=accelerator.device)
