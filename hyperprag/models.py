@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,6 +95,11 @@ def _convert_default_model(target: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A conversion killed outright (SIGKILL, out of memory) never reaches its `finally` and leaves
+    # up to a GB behind; one untouched for an hour is no live conversion's (they take minutes).
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         gguf_name = "model.gguf"
@@ -112,17 +118,33 @@ def _convert_default_model(target: Path) -> None:
         out = work / "model"
         plain.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        if target.exists():  # another process won the race; its copy is as good as ours
-            return
-        os.replace(out, target)
+        _land(out, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _land(converted: Path, target: Path) -> None:
+    """Move a finished conversion into place, unless another process's already is."""
+    if (target / "config.json").exists():  # another process won the race; its copy is as good as ours
+        return
+    if target.exists():  # what an interrupted delete or copy left: not a model, ours replaces it
+        shutil.rmtree(target)
+    try:
+        os.replace(converted, target)
+    except OSError:  # another process's copy landed in between
+        if not (target / "config.json").exists():
+            raise
 
 
 def resolve_model_path(name_or_path: str | None = None) -> Path | str:
     """A loadable HF directory: the converted default (converting on first use) or the path given."""
     if name_or_path is None or name_or_path == DEFAULT_MODEL_ID:
         target = _default_model_dir()
+        here = Path(DEFAULT_MODEL_ID)
+        if name_or_path is not None and here.exists() and here.resolve() != target.resolve():
+            raise HyperpragError(f"'{DEFAULT_MODEL_ID}' names the packaged default model, and there is also a "
+                                 f"folder of that name here: pass ./{DEFAULT_MODEL_ID} for the folder, or leave "
+                                 "--model out for the packaged model")
         if not (target / "config.json").exists():
             _convert_default_model(target)
         return target

