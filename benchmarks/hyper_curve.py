@@ -28,6 +28,7 @@ on the 100 held-out SQuAD questions the ablation uses (20 paragraphs never train
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -69,16 +70,48 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
     """(step, dir) in training order; ``final`` carries the run's last step. A checkpoint directory
     itself (the shipped one) is one snapshot, at the last step of its training log."""
     if (run / "model.safetensors").exists():
-        log, state = run / "training_log.jsonl", run.parent / "state" / "step.json"  # shipped; a run's final/
+        # shipped (its log); a run's final/ (its own step, or before session 32 the run's state)
+        log, own, state = run / "training_log.jsonl", run / "step.json", run.parent / "state" / "step.json"
         step = (json.loads(log.read_text().splitlines()[-1])["step"] if log.exists()
+                else json.loads(own.read_text())["step"] if own.exists()
                 else json.loads(state.read_text())["step"] if state.exists() else 0)
         return [(step, run)]
-    found = [(int(m.group(1)), p) for p in run.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    # config.json lands last in a checkpoint: a snapshot without it is still being written, or was cut
+    found = [(int(m.group(1)), p) for p in run.glob("step-*")
+             if (m := re.fullmatch(r"step-(\d+)", p.name)) and (p / "config.json").exists()]
     final = run / "final"
-    if (final / "model.safetensors").exists():
-        last = json.loads((run / "state" / "step.json").read_text())["step"]
+    if (final / "config.json").exists():
+        # its own step (since session 32); before, the state's, which a resumed run has moved past
+        own = final / "step.json"
+        last = json.loads((own if own.exists() else run / "state" / "step.json").read_text())["step"]
         found.append((last, final))
     return sorted(found)
+
+
+def weights_digest(checkpoint: Path) -> str:
+    """Names a snapshot's weights, so that a cached row is never another checkpoint's."""
+    h = hashlib.sha256()
+    with (checkpoint / "model.safetensors").open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def cached_row(rows: dict, key: str, step: int, digest: str) -> dict:
+    """The cache's row for a snapshot, started afresh where the cached one is another checkpoint's
+    (or from before rows named their weights)."""
+    if rows.get(key, {}).get("weights") != digest:
+        rows[key] = {"step": step, "weights": digest}
+    return rows[key]
+
+
+def default_out(run: Path) -> Path:
+    """out/curve/RUN; a run's final/ or step-N/ given alone is named with its run's, so that two
+    runs' final/ do not share one cache."""
+    name = run.resolve().name
+    if name == "final" or re.fullmatch(r"step-\d+", name):
+        name = f"{run.resolve().parent.name}-{name}"
+    return Path("out/curve") / name
 
 
 def heldout_file(run: Path) -> Path:
@@ -108,7 +141,7 @@ def main() -> None:
     points = snapshots(args.run)
     if not points:
         sys.exit(f"{args.run}: no snapshots (step-N/ or final/ with model.safetensors)")
-    out = args.out or Path("out/curve") / args.run.name
+    out = args.out or default_out(args.run)
     out.mkdir(parents=True, exist_ok=True)
 
     model, tokenizer = load_base_model(None, device=args.device)
@@ -167,7 +200,8 @@ def main() -> None:
         point(rows.setdefault("exact", {"step": "exact"}), own)
     for step, path in tqdm(points, desc="snapshots"):
         key = f"{path.name}@{step}"
-        if not complete(rows.get(key, {})):
+        cached_row(rows, key, step, weights_digest(path))
+        if not complete(rows[key]):
             by_hash = {a.doc_hash: a for a in HyperEncoder.from_pretrained(path, model, tokenizer).encode(docs)}
             point(rows.setdefault(key, {"step": step}), [by_hash[h] for h in doc_hashes])
         if args.f1 is not None and (not args.f1 or step in args.f1) and "f1" not in rows[key]:

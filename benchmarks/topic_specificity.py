@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hyperprag.adapter import DocAdapter, content_hash
+from hyperprag.cli_types import at_least
 from hyperprag.data import Passage, QAExample, load_questions
 from hyperprag.diagnostics import answer_loss, similarity_matrix
 from hyperprag.exact import RECIPES, ExactEncoder
@@ -172,9 +173,10 @@ def main() -> None:
     ap.add_argument("--exact-store", nargs="*", default=[], metavar="[RECIPE=]STORE",
                     help="stores with exact adapters of OUT/paragraphs.jsonl, each trained with a named recipe "
                          "(default reference; e.g. converged=out/topic-exact-conv): a row each")
-    ap.add_argument("--articles", type=int, default=6)
-    ap.add_argument("--paragraphs", type=int, default=4, help="held-out paragraphs per article")
-    ap.add_argument("--questions", type=int, default=3, help="questions per paragraph (its first)")
+    # the swaps need another article and another paragraph of the same one: 2 of each at least
+    ap.add_argument("--articles", type=at_least(2), default=6)
+    ap.add_argument("--paragraphs", type=at_least(2), default=4, help="held-out paragraphs per article")
+    ap.add_argument("--questions", type=at_least(1), default=3, help="questions per paragraph (its first)")
     args = ap.parse_args()
 
     chosen = choose(load_questions(DATA), held_out(args.checkpoint), args.articles, args.paragraphs, args.questions)

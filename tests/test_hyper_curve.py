@@ -6,14 +6,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from hyper_curve import heldout_file, print_against, snapshots  # noqa: E402
+from hyper_curve import cached_row, default_out, heldout_file, print_against, snapshots, weights_digest  # noqa: E402
 
 
 def make_run(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     for d in ("step-200", "step-400", "final"):
         (run / d).mkdir(parents=True)
-        (run / d / "model.safetensors").write_bytes(b"")
+        (run / d / "model.safetensors").write_bytes(d.encode())
+        (run / d / "config.json").write_text("{}")
+    (run / "step-600").mkdir()  # being written: no config.json yet
+    (run / "step-600" / "model.safetensors").write_bytes(b"")
     (run / "state").mkdir()
     (run / "state" / "step.json").write_text(json.dumps({"step": 607}))
     (run / "heldout_hashes.json").write_text("[]")
@@ -23,6 +26,25 @@ def make_run(tmp_path: Path) -> Path:
 def test_a_run_gives_its_snapshots_in_order_and_final_at_its_last_step(tmp_path):
     run = make_run(tmp_path)
     assert snapshots(run) == [(200, run / "step-200"), (400, run / "step-400"), (607, run / "final")]
+
+
+def test_final_keeps_its_own_step_when_a_resumed_run_has_moved_past_it(tmp_path):
+    run = make_run(tmp_path)
+    (run / "final" / "step.json").write_text(json.dumps({"step": 489}))  # the state says 607
+    assert snapshots(run)[0] == (200, run / "step-200") and (489, run / "final") in snapshots(run)
+    assert snapshots(run / "final") == [(489, run / "final")]
+
+
+def test_two_runs_final_get_their_own_caches_and_rows_name_their_weights(tmp_path):
+    assert default_out(tmp_path / "v7" / "final") != default_out(tmp_path / "v8" / "final")
+    assert default_out(tmp_path / "v8" / "step-400") == Path("out/curve/v8-step-400")
+    assert default_out(tmp_path / "v8") == Path("out/curve/v8")
+    run = make_run(tmp_path)
+    assert weights_digest(run / "final") != weights_digest(run / "step-200")
+    rows = {"final@489": {"step": 489, "weights": weights_digest(run / "step-200"), "own": 1.7}}
+    assert cached_row(rows, "final@489", 489, weights_digest(run / "final")) == {"step": 489, "weights": weights_digest(run / "final")}
+    rows["final@489"]["own"] = 1.6
+    assert cached_row(rows, "final@489", 489, weights_digest(run / "final"))["own"] == 1.6  # its own row is kept
 
 
 def test_a_runs_final_alone_is_one_snapshot_with_the_runs_held_out_list(tmp_path):

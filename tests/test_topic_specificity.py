@@ -98,3 +98,14 @@ def test_losses_answer_each_question_with_the_swapped_adapter_and_the_paragraph_
     in_context = losses(model, tokenizer, chosen, None, in_context=True)["in_context"]
     assert set(none) == set(in_context) == set(rows["own"])
     assert all(in_context[i] != pytest.approx(none[i]) for i in none)
+
+
+@pytest.mark.parametrize("option", ["--articles", "--paragraphs"])
+def test_one_article_or_paragraph_is_refused_before_anything_loads(tmp_path, option):
+    """With one, the swap to another article (or paragraph) would give back the own adapter."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "topic_specificity.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), "--out", str(tmp_path / "o"), option, "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"{option}: must be at least 2, got 1" in proc.stderr

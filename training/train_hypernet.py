@@ -483,6 +483,7 @@ def main() -> None:
                                              for s in range(0, len(pool), 256))
             path.mkdir(parents=True, exist_ok=True)
             (path / "training_config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            (path / "step.json").write_text(json.dumps({"step": step}))  # final/ outlives a resumed run's state
             for name in ("heldout_hashes.json", "augmented_hashes.json"):
                 if (out / name).exists():
                     shutil.copy(out / name, path / name)
