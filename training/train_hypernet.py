@@ -524,7 +524,6 @@ def main() -> None:
     # whose documents have no stored adapter): the log shows each one's own mean
     running: dict[str, float] = {}
     counted: dict[str, int] = {}
-    last_log = step
     done = progress()
     while done < 1.0:
         lr = set_lr(done)
@@ -637,7 +636,7 @@ def main() -> None:
         if step % cfg["log_every"] == 0 or last:
             record = {"step": step, **{k: v / counted[k] for k, v in running.items()}, **paired,
                       "lr": lr, "seconds": spent + time.time() - t_start}
-            running, counted, last_log = {}, {}, step
+            running, counted = {}, {}
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k == "loss" or k in weights})
             if accelerator.is_main_process:
                 with log_path.open("a") as fh:
