@@ -125,8 +125,9 @@ class HyperEncoder(DocumentEncoder):
         finally:
             self.hypernet.train(training)
         per_doc = self._per_document({r: (a.cpu(), b.cpu()) for r, (a, b) in out.items()})
+        key = self.key  # once a batch: it checks every weight for a change
         return [DocAdapter(f, self.hypernet.config.scaling, self.base_model, self.name, self.version,
-                           content_hash(d.text), {"encoder_key": self.key, "embedding": self.source.id})
+                           content_hash(d.text), {"encoder_key": key, "embedding": self.source.id})
                 for d, f in zip(docs, per_doc)]
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
