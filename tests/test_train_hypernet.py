@@ -116,14 +116,19 @@ def test_a_run_killed_before_its_first_save_restarts_its_log(tmp_path, setup):
 
 def test_retrieved_questions_on_held_aside_passages_are_not_trained_on(tmp_path, setup):
     model_dir, data = setup
-    title, text, _ = FACTS[0]  # held aside by heldout_first: 1
+    # FACTS[0] is held aside by heldout_first: 1. Two questions touch it, one through only one of
+    # its two passages; three do not. Only the three are kept: a filter that kept the held ones
+    # would count 2, one that needed every passage held would count 4.
     multi = tmp_path / "multi.jsonl"
-    multi.write_text("\n".join(json.dumps({"question": q, "answers": [a], "passages": [{"title": t, "text": x}]})
-                               for q, a, t, x in [("Where is it rowed?", "Lake Ennisar", title, text),
-                                                  ("What is it?", "a stew", FACTS[1][0], FACTS[1][1])]))
+    rows = [("Where is it rowed?", "Lake Ennisar", [0]), ("What is it?", "a stew", [1]),
+            ("What does it hold?", "the Amberlin Codex", [2, 0]), ("Who led it?", "Tessaly Vorne", [3, 1]),
+            ("How many floors?", "nine", [2, 3])]
+    multi.write_text("\n".join(json.dumps({"question": q, "answers": [a],
+                                           "passages": [{"title": FACTS[i][0], "text": FACTS[i][1]} for i in idx]})
+                               for q, a, idx in rows))
     launch(tmp_path, model_dir, data, 1, steps=2, out="run", weights="{lm: 1.0, retrieved: 1.0}",
-           extra=f"heldout_first: 1\nretrieved: [{multi}]\nretrieved_per_step: 1\ntop_k: 1\n")
-    assert "retrieved: 1 questions with their top 1 passages" in (tmp_path / "stdout.txt").read_text()
+           extra=f"heldout_first: 1\nretrieved: [{multi}]\nretrieved_per_step: 1\ntop_k: 2\n")
+    assert "retrieved: 3 questions with their top 2 passages" in (tmp_path / "stdout.txt").read_text()
     assert "documents: 3 train, 1 held aside" in (tmp_path / "stdout.txt").read_text()
 
 
