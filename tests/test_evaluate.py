@@ -30,6 +30,44 @@ def test_evaluate_runs_and_scores_every_question(mode, tokenizer):
     assert all(r["seconds"] > 0 for r in result["predictions"])
 
 
+@pytest.mark.parametrize("mode", ["closed", "rag"])
+def test_only_in_context_modes_put_the_retrieved_passages_in_the_prompt_and_scores_are_exact(mode, tokenizer,
+                                                                                           monkeypatch):
+    import hyperprag.evaluate as ev
+
+    prompts = []
+
+    def answer(model, tokenizer, batch, max_new_tokens):  # the first right, the second in part
+        prompts.extend(batch)
+        return [{"What does the library hold?": "Amberlin Codex", "Which race is on the lake?": "Glass"}.get(
+            p.rsplit("Question: ", 1)[1].split("\n")[0], "") for p in batch]
+
+    monkeypatch.setattr(ev, "generate_answers", answer)
+    result = evaluate(tiny_model("llama"), tokenizer, EXAMPLES, mode, retrieve_all(EXAMPLES, top_k=1),
+                      batch_size=2, progress=False)
+    assert len(prompts) == 3
+    in_prompt = ["[1] L: The library holds the Amberlin Codex." in prompts[0],
+                 "[1] R: The Glass Regatta is a race on the lake." in prompts[1], "[1] X: Nothing here." in prompts[2]]
+    assert in_prompt == [mode == "rag"] * 3
+    assert [r["em"] for r in result["predictions"]] == [1.0, 0.0, 0.0]
+    # "Glass" against "Glass Regatta": precision 1, recall 1/2, F1 2/3
+    assert result["em"] == pytest.approx(1 / 3) and result["f1"] == pytest.approx((1 + 2 / 3) / 3)
+
+
+def test_summarize_means_each_score_overall_and_by_type():
+    from hyperprag.evaluate import summarize
+
+    records = [{"em": 1.0, "f1": 1.0, "seconds": 1.0, "type": "bridge"},
+               {"em": 0.0, "f1": 0.5, "seconds": 3.0, "type": "bridge"},
+               {"em": 0.0, "f1": 0.2, "seconds": 2.0, "type": "comparison"}]
+    out = summarize(records)
+    assert (out["n"], out["em"], out["f1"], out["seconds_per_question"]) == (3, pytest.approx(1 / 3),
+                                                                             pytest.approx(1.7 / 3), 2.0)
+    assert out["by_type"] == {"bridge": {"n": 2, "em": 0.5, "f1": 0.75},
+                              "comparison": {"n": 1, "em": 0.0, "f1": 0.2}}
+    assert "by_type" not in summarize([{"em": 1.0, "f1": 1.0, "seconds": 1.0, "type": None}])
+
+
 def test_batched_generation_equals_one_by_one(tokenizer):
     from hyperprag.generation import generate_completions
 
