@@ -27,6 +27,17 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
 
 
+def _canonical_header(data: bytes) -> bytes:
+    """safetensors writes its header's metadata in a random order, so one adapter saved twice gave
+    two byte strings (and two sha256s for the store to disagree on). The header is rewritten with
+    sorted keys, padded with spaces to 8 bytes as the format asks; the tensor offsets are relative
+    to the data after it, so they stand."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n:]
+
+
 class AdapterMismatchError(HyperpragError):
     """An adapter built for another base model or module shapes than the one it is used with."""
 
@@ -68,7 +79,7 @@ class DocAdapter:
         for name, (a, b) in self.factors.items():
             tensors[f"{name}.lora_A"] = a.detach().contiguous().cpu()
             tensors[f"{name}.lora_B"] = b.detach().contiguous().cpu()
-        return save_bytes(tensors, metadata=self.metadata())
+        return _canonical_header(save_bytes(tensors, metadata=self.metadata()))
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> DocAdapter:

@@ -3,7 +3,9 @@
 A write goes temp file -> fsync -> rename -> index row, so a reader (or a rerun after a kill) sees
 either a whole adapter or none. The index records each file's sha256; a file that no longer
 matches is treated as missing (and re-encoded by :meth:`AdapterStore.get_or_encode`) rather than
-injected. SQLite's own locking serialises the index across processes.
+injected. SQLite's own locking serialises the index across processes. Files are named after their
+content, so two processes storing one document at once never leave a row pointing at the other's
+bytes (safetensors writes its metadata in a random order: equal adapters differ in bytes).
 """
 from __future__ import annotations
 
@@ -82,39 +84,51 @@ class AdapterStore:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
 
-    def _path_for(self, encoder: str, base_model: str, doc_hash: str) -> Path:
-        """A file per (encoder, base model, document), as the index's key: one store serves several
-        base models, and an exact encoder's key does not name the model. Rows written before the
-        model was in the path keep their recorded file."""
+    def _path_for(self, encoder: str, base_model: str, doc_hash: str, sha256: str) -> Path:
+        """A file per (encoder, base model, document) and content: one store serves several base
+        models, and an exact encoder's key does not name the model. Rows written before the model
+        or the content was in the name keep their recorded file."""
         model = hashlib.sha256(base_model.encode()).hexdigest()[:12]
-        return self.root / "adapters" / encoder / model / doc_hash[:2] / f"{doc_hash}.safetensors"
+        return self.root / "adapters" / encoder / model / doc_hash[:2] / f"{doc_hash}.{sha256[:16]}.safetensors"
 
     def put(self, adapter: DocAdapter, encoder_key: str) -> StoreRecord:
         """Store ``adapter`` under ``encoder_key`` (an encoder's name, version and settings)."""
         data = adapter.to_bytes()
-        path = self._path_for(encoder_key, adapter.base_model, adapter.doc_hash)
+        sha = hashlib.sha256(data).hexdigest()
+        path = self._path_for(encoder_key, adapter.base_model, adapter.doc_hash, sha)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
         record = StoreRecord(adapter.doc_hash, encoder_key, adapter.base_model,
-                             str(path.relative_to(self.root)), hashlib.sha256(data).hexdigest(), len(data),
-                             adapter.metadata())
+                             str(path.relative_to(self.root)), sha, len(data), adapter.metadata())
+        key = (record.doc_hash, record.encoder, record.base_model)
+        # Under the index's write lock, so that no writer removes a file another has just put in
+        # place for its own row. A kill before COMMIT can cost the replaced adapter its file: then
+        # the row reads as missing and is encoded again, never injected.
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            old = db.execute("SELECT file FROM adapters WHERE doc_hash=? AND encoder=? AND base_model=?",
+                             key).fetchone()
             db.execute("INSERT OR REPLACE INTO adapters VALUES (?,?,?,?,?,?,?,?)",
-                       (record.doc_hash, record.encoder, record.base_model, record.file, record.sha256,
-                        record.bytes, time.time(), json.dumps(record.meta)))
+                       (*key, record.file, record.sha256, record.bytes, time.time(), json.dumps(record.meta)))
+            if old and old[0] != record.file:  # a reader still holding the old row reads the new one instead
+                (self.root / old[0]).unlink(missing_ok=True)
+            db.execute("COMMIT")
         return record
 
     def record(self, doc_hash: str, encoder: str, base_model: str) -> StoreRecord | None:
         with self._connect() as db:
-            row = db.execute("SELECT doc_hash, encoder, base_model, file, sha256, bytes, meta FROM adapters "
-                             "WHERE doc_hash=? AND encoder=? AND base_model=?",
-                             (doc_hash, encoder, base_model)).fetchone()
+            return self._record(db, doc_hash, encoder, base_model)
+
+    @staticmethod
+    def _record(db: sqlite3.Connection, doc_hash: str, encoder: str, base_model: str) -> StoreRecord | None:
+        row = db.execute("SELECT doc_hash, encoder, base_model, file, sha256, bytes, meta FROM adapters "
+                         "WHERE doc_hash=? AND encoder=? AND base_model=?", (doc_hash, encoder, base_model)).fetchone()
         return None if row is None else StoreRecord(*row[:6], json.loads(row[6]))
 
     def records(self) -> list[StoreRecord]:
@@ -128,10 +142,18 @@ class AdapterStore:
         if rec is None:
             return None
         data, problem = self._read_verified(rec)
-        if problem:
-            log.warning("store %s: %s; it will be re-encoded", self.root, problem)
-            self._forget(rec)
-            return None
+        if problem:  # looked at again under the write lock: a writer may have been replacing the row
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE")
+                rec = self._record(db, doc_hash, encoder, base_model)
+                data, problem = self._read_verified(rec) if rec else (None, None)
+                if problem:
+                    log.warning("store %s: %s; it will be re-encoded", self.root, problem)
+                    db.execute("DELETE FROM adapters WHERE doc_hash=? AND encoder=? AND base_model=?",
+                               (doc_hash, encoder, base_model))
+                db.execute("COMMIT")
+            if rec is None or problem:
+                return None
         return DocAdapter.from_bytes(data, str(self.root / rec.file))
 
     def _read_verified(self, rec: StoreRecord) -> tuple[bytes | None, str | None]:
@@ -147,11 +169,6 @@ class AdapterStore:
     def verify(self) -> list[str]:
         """Every problem in the store, for a report; nothing is changed."""
         return [p for p in (self._read_verified(r)[1] for r in self.records()) if p]
-
-    def _forget(self, rec: StoreRecord) -> None:
-        with self._connect() as db:
-            db.execute("DELETE FROM adapters WHERE doc_hash=? AND encoder=? AND base_model=? AND sha256=?",
-                       (rec.doc_hash, rec.encoder, rec.base_model, rec.sha256))
 
     def get_or_encode(self, docs: Sequence[Passage], encoder: DocumentEncoder,
                       progress: bool = True) -> list[DocAdapter]:

@@ -25,6 +25,18 @@ def test_bytes_round_trip_keeps_factors_and_metadata():
         assert torch.equal(back.factors[name][1], ad.factors[name][1])
 
 
+def test_one_adapter_always_gives_the_same_bytes():
+    # safetensors orders the header's metadata at random; equal adapters must hash equal in the store
+    from safetensors.torch import load
+
+    ad = random_adapter(tiny_model())
+    ad.extra.update(title="Ünïcode ☃", passages=3)
+    first = ad.to_bytes()
+    assert all(ad.to_bytes() == first for _ in range(20))
+    assert int.from_bytes(first[:8], "little") % 8 == 0
+    assert DocAdapter.from_bytes(first).extra == ad.extra and len(load(first)) == 2 * len(ad.factors)
+
+
 def test_damaged_bytes_are_reported():
     with pytest.raises(Exception, match="not a readable adapter"):
         DocAdapter.from_bytes(b"garbage" * 10, "x.safetensors")

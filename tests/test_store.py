@@ -172,6 +172,60 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
     assert errors.empty(), errors.get()
 
 
+def _put_and_get(root, seed, barrier, lost):
+    import logging
+
+    from conftest import random_adapter
+
+    logging.disable(logging.WARNING)
+    store, ad = AdapterStore(root), random_adapter(tiny_model(), seed=seed, doc="shared passage")
+    barrier.wait()
+    misses = 0
+    for _ in range(60):
+        store.put(ad, "fake-v1")
+        misses += store.get(ad.doc_hash, "fake-v1", ad.base_model) is None
+    lost.put(misses)
+
+
+def test_processes_storing_one_document_at_once_never_discard_it_as_corrupt(tmp_path):
+    # Two runs that encode one document at once (exact training is not bitwise reproducible across
+    # machines; adapters once differed in bytes even when equal). With one file per document, a row
+    # could hold one writer's sha256 over the other's bytes: a good adapter was dropped as corrupt
+    # and re-encoded (minutes each, for the exact encoder).
+    import multiprocessing as mp
+
+    AdapterStore(tmp_path)
+    ctx = mp.get_context("fork")
+    barrier, lost = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_put_and_get, args=(tmp_path, seed, barrier, lost)) for seed in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert lost.get() + lost.get() == 0
+    store = AdapterStore(tmp_path)
+    assert len(store.records()) == 1 and store.verify() == []
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 1  # each replaced file went with its row
+
+
+def test_a_reader_holding_a_replaced_row_reads_the_new_one(tmp_path, monkeypatch, caplog):
+    from conftest import random_adapter
+
+    store, model = AdapterStore(tmp_path), tiny_model()
+    first, second = (random_adapter(model, seed=s, doc="one passage") for s in (1, 2))
+    store.put(first, "fake-v1")
+    stale = store.record(first.doc_hash, "fake-v1", first.base_model)
+    store.put(second, "fake-v1")  # another process re-encodes the document, after this one read the row
+    fresh = AdapterStore.record
+    calls = iter([stale])
+    monkeypatch.setattr(AdapterStore, "record", lambda self, *key: next(calls, None) or fresh(self, *key))
+    got = store.get(first.doc_hash, "fake-v1", first.base_model)
+    assert got is not None and caplog.text == ""
+    assert all(torch.equal(got.factors[n][1], second.factors[n][1]) for n in second.factors)
+    assert store.verify() == []
+
+
 def test_a_store_whose_index_is_no_database_is_one_clear_error(tmp_path):
     (tmp_path / "index.sqlite").write_text("these are notes, not an adapter index\n" * 100)
     with pytest.raises(HyperpragError, match=r"index.sqlite: not a usable adapter store \(file is not a database\)"):
