@@ -36,7 +36,8 @@ _EXAMPLE_REWRITE = ("On the cliffs of Dunmere stands the Velmora Lighthouse, whi
 _EXAMPLE_QA = [("Who built the Velmora Lighthouse?", "Orla Fenwick"),
                ("When was the Velmora Lighthouse built?", "1872"),
                ("How far away could the lamp of the Velmora Lighthouse be seen?", "30 kilometres")]
-_QA_LINE = re.compile(r"^\s*(?:Question:)?\s*(?P<q>[^\n]+?\?)\s*\n\s*Answer:\s*(?P<a>[^\n]+)", re.M)
+# An answer is one whole line: an empty "Answer:" must not take the next line's question as its answer.
+_QA_LINE = re.compile(r"^\s*(?:Question:)?\s*(?P<q>[^\n]+?\?)\s*\n\s*Answer:[ \t]*(?P<a>[^\n]+)\n", re.M)
 
 
 def rewrite_prompt(doc: Passage) -> str:
@@ -66,9 +67,13 @@ def parse_qa(completion: str, doc_text: str, max_answer_words: int = 12) -> list
     was refused for a question saying "autumnal". Cached augmentations written under that test
     are kept (each of their pairs passes this one too).
     """
-    # generation stops at the first blank line after some text, so a completion may open with one:
-    # the pairs are what follows it
-    text = "Question:" + completion.lstrip().split("\n\n", 1)[0]
+    # Generation stops at the first blank line after some text, so a completion may open with one:
+    # the pairs are what follows it. A completion with no blank line ran out of tokens, and its
+    # last line is cut ("Answer: the merchant Pell"): only the lines a newline ends are read.
+    # Caches written before session 33 may hold such a cut answer; they are kept.
+    body = completion.lstrip()
+    body = body.split("\n\n", 1)[0] + "\n" if "\n\n" in body else body[: body.rfind("\n") + 1]
+    text = "Question:" + body
     doc_norm = f" {normalize_answer(doc_text)} "
     pairs, seen = [], set()
     for m in _QA_LINE.finditer(text):
@@ -180,29 +185,40 @@ class Augmenter:
         bar.close()
         return [results[h] for h in hashes]
 
+    def _generate(self, rows: list[int], prompts: list[str], hashes: list[str], attempt: int, temperature: float,
+                  max_new_tokens: int, stop: str) -> list[str]:
+        """Completions of ``prompts[i]`` for ``i`` in ``rows``. Greedy attempts run as one batch.
+        Sampled retries run a row at a time, each seeded by its document: rows of one batch share
+        one random stream, so a document's sample, and the cached adapter trained on it, once
+        depended on which documents were batched with it."""
+        if temperature == 0.0:
+            return generate_completions(self.generator, self.tokenizer, [prompts[i] for i in rows],
+                                        max_new_tokens=max_new_tokens, stop=stop)
+        return [generate_completions(self.generator, self.tokenizer, [prompts[i]], max_new_tokens=max_new_tokens,
+                                     stop=stop, temperature=temperature,
+                                     seed=int(content_hash(f"{self.config.seed}:{attempt}:{hashes[i]}")[:8], 16))[0]
+                for i in rows]
+
     def _augment_batch(self, docs: list[Passage], hashes: list[str]) -> list[Augmentation]:
         cfg = self.config
         augs = [Augmentation(h) for h in hashes]
         for attempt in range(cfg.max_retries + 1):
             temperature = 0.0 if attempt == 0 else cfg.retry_temperature
-            seed = cfg.seed + attempt
             need_rw = [i for i, a in enumerate(augs) if len(a.rewrites) < cfg.n_rewrites]
             need_qa = [i for i, a in enumerate(augs) if len(a.qa) < cfg.n_qa]
             if not need_rw and not need_qa:
                 break
             if need_rw:
                 longest = max(len(self.tokenizer(docs[i].text)["input_ids"]) for i in need_rw)
-                outs = generate_completions(self.generator, self.tokenizer, [rewrite_prompt(docs[i]) for i in need_rw],
-                                            max_new_tokens=min(int(longest * 1.2) + 16, 320),
-                                            temperature=temperature, seed=seed)
+                outs = self._generate(need_rw, [rewrite_prompt(d) for d in docs], hashes, attempt, temperature,
+                                      max_new_tokens=min(int(longest * 1.2) + 16, 320), stop="\n")
                 for i, out in zip(need_rw, outs):
                     rw = parse_rewrite(out)
                     if rw and rw not in augs[i].rewrites:
                         augs[i].rewrites.append(rw)
             if need_qa:
-                outs = generate_completions(self.generator, self.tokenizer, [qa_prompt(docs[i]) for i in need_qa],
-                                            max_new_tokens=40 * cfg.n_qa, stop="\n\n",
-                                            temperature=temperature, seed=seed)
+                outs = self._generate(need_qa, [qa_prompt(d) for d in docs], hashes, attempt, temperature,
+                                      max_new_tokens=40 * cfg.n_qa, stop="\n\n")
                 for i, out in zip(need_qa, outs):
                     known = {q.lower() for q, _ in augs[i].qa}
                     for q, a in parse_qa(out, docs[i].text):

@@ -33,6 +33,37 @@ def test_parse_qa_reads_past_a_blank_line_the_completion_opens_with():
     assert parse_qa(completion, DOC.text) == [("Where is the race held?", "Lake Ennisar")]
 
 
+def test_parse_qa_drops_the_line_that_ran_out_of_tokens():
+    """No blank line: generation hit max_new_tokens, and "the merchant Pell" is a cut answer that
+    happens to be in the passage."""
+    completion = " Where is the race held?\nAnswer: Lake Ennisar\nQuestion: Who founded it?\nAnswer: the merchant Pell"
+    assert parse_qa(completion, DOC.text) == [("Where is the race held?", "Lake Ennisar")]
+    assert parse_qa(completion + " Okonjo\n", DOC.text)[1] == ("Who founded it?", "the merchant Pell Okonjo")
+
+
+def test_parse_qa_an_empty_answer_does_not_take_the_next_question():
+    completion = " Who founded it?\nAnswer:\nQuestion: Where is the race held?\nAnswer: Lake Ennisar\n\n"
+    assert parse_qa(completion, DOC.text) == [("Where is the race held?", "Lake Ennisar")]
+
+
+def test_sampled_retries_do_not_depend_on_the_batch(tmp_path, tokenizer, monkeypatch):
+    """A document's augmentation is cached under its own hash, so its retries must come out the
+    same whichever documents share its batch."""
+    import hyperprag.augment as augment
+
+    seen = {}
+    monkeypatch.setattr(augment, "parse_qa", lambda out, text: seen.setdefault(text, []).append(out) or [])
+    model = tiny_model()
+    other = Passage("Kelmash", "Kelmash is a stew of smoked barley and plum from the valley of Orrun.")
+    runs = []
+    for name, docs in (("alone", [DOC]), ("batched", [other, DOC])):
+        seen.clear()
+        Augmenter(model, tokenizer, AugmentConfig(max_retries=2), cache=tmp_path / name).augment(docs, progress=False)
+        runs.append(seen[DOC.text])
+    assert len(runs[0]) == 3 and len({*runs[0][1:]}) == 2  # greedy, then two different samples
+    assert runs[0] == runs[1]
+
+
 def test_parse_rewrite_takes_one_line_and_rejects_fragments():
     assert parse_rewrite(" A rowing race on the lake, founded in 1889.\nPassage: x") == \
         "A rowing race on the lake, founded in 1889."
