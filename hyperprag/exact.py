@@ -2,6 +2,12 @@
 
 Defaults are the paper's recipe: 1 rewrite + 3 QA pairs, r=2, alpha=32, dropout 0, lr 3e-4, 1 epoch,
 batch 1, FFN modules only, and one shared seeded initial LoRA (A random, B zero) for every document.
+The training *data* is laid out differently from the reference code (PRAG's ``src/encode.py``
+trains only QA prompts, the first half of the pairs once with the passage and once with the rewrite
+in the prompt and the rest closed-book, with the loss on every token, in file order): here the
+passage and its rewrites are plain text with the loss on every token, and each QA pair is a
+closed-book prompt with the loss on its answer only, in a seeded shuffle. A base model learns the
+passage from the passage itself, and every query it answers is closed-book.
 The LoRA is trained through the same forward hooks that later inject it, so training and
 inference cannot disagree about what an adapter means. Sequences are never padded to a fixed
 length unless ``pad_to`` asks for it, which exists to measure the cost of the reference code's
