@@ -165,6 +165,8 @@ def _parse_squad(root: object, path: Path) -> list[QAExample]:
             _require_strings(path, f"article {a_idx}", title=title)
             for p_idx, para in enumerate(article.get("paragraphs", [])):
                 _require_strings(path, f"article {a_idx} paragraph {p_idx}", context=para["context"])
+                if not para["context"].strip():
+                    raise DataError(path, None, f"article {a_idx} paragraph {p_idx}: 'context' is empty")
                 passage = Passage(title=title.replace("_", " "), text=para["context"])
                 for qa in para.get("qas", []):
                     answers = [a["text"] for a in qa.get("answers", [])]
@@ -176,8 +178,19 @@ def _parse_squad(root: object, path: Path) -> list[QAExample]:
                                               passages=[passage], doc_id=f"{title}#{p_idx}", dataset="squad"))
         except (KeyError, TypeError, AttributeError) as err:
             raise DataError(path, None, f"article {a_idx} is malformed: {err!r}") from None
+    return _with_unique_ids(examples, path)
+
+
+def _with_unique_ids(examples: list[QAExample], path: Path) -> list[QAExample]:
+    """Answers are paired across modes and runs by id, as in ``read_qa_jsonl``: a repeated one
+    would pair two questions."""
     if not examples:
         raise DataError(path, None, "no questions in file")
+    first: dict[str, int] = {}
+    for n, ex in enumerate(examples):
+        if ex.id in first:
+            raise DataError(path, None, f"question id {ex.id!r} is used by questions {first[ex.id]} and {n}")
+        first[ex.id] = n
     return examples
 
 
@@ -190,13 +203,13 @@ def _parse_hotpot(root: object, path: Path) -> list[QAExample]:
             _require_strings(path, f"question {i}", _id=row["_id"], question=row["question"], answer=row["answer"],
                              **{f"context[{j}] title": t for j, (t, _) in enumerate(row["context"])})
             passages = [Passage(title=t, text="".join(sents)) for t, sents in row["context"]]
+            if empty := [p.title for p in passages if not p.text.strip()]:
+                raise DataError(path, None, f"question {i}: passage {empty[0]!r} has no text")
             examples.append(QAExample(id=row["_id"], question=row["question"], answers=[row["answer"]],
                                       passages=passages, type=row.get("type"), dataset="hotpotqa"))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise DataError(path, None, f"question {i} is malformed: {err!r}") from None
-    if not examples:
-        raise DataError(path, None, "no questions in file")
-    return examples
+    return _with_unique_ids(examples, path)
 
 
 def load_questions(path: str | Path) -> list[QAExample]:

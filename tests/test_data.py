@@ -113,6 +113,12 @@ def test_native_json_error_has_line(tmp_path):
      "article 0 question 2: 'question' must be a string, got NoneType"),
     ({"data": [{"title": "T", "paragraphs": [{"context": 5, "qas": []}]}]},
      "article 0 paragraph 0: 'context' must be a string"),
+    ({"data": [{"title": "T", "paragraphs": [{"context": " ", "qas": []}]}]},
+     "article 0 paragraph 0: 'context' is empty"),
+    ({"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [
+        {"id": "q1", "question": "A?", "answers": [{"text": "c"}]}]}, {"context": "d", "qas": [
+            {"id": "q1", "question": "B?", "answers": [{"text": "d"}]}]}]}]},
+     "question id 'q1' is used by questions 0 and 1"),
 ])
 def test_malformed_native_squad_is_a_data_error(tmp_path, root, message):
     path = tmp_path / "squad.json"
@@ -126,7 +132,10 @@ def test_native_hotpot_errors(tmp_path):
     good = {"_id": "h", "question": "q?", "answer": "a", "context": [["T", ["one. ", "two."]]]}
     for root, message in [(["x"], "question 0 is malformed"), ([], "no questions in file"),
                           ([good, {**good, "answer": 7}], "question 1: 'answer' must be a string, got int"),
-                          ([{**good, "context": [[None, ["s"]]]}], r"question 0: 'context\[0\] title' must be")]:
+                          ([{**good, "context": [[None, ["s"]]]}], r"question 0: 'context\[0\] title' must be"),
+                          ([{**good, "context": [["T", ["one."]], ["Empty", []]]}],
+                           "question 0: passage 'Empty' has no text"),
+                          ([good, {**good, "question": "other?"}], "question id 'h' is used by questions 0 and 1")]:
         path.write_text(json.dumps(root))
         with pytest.raises(DataError, match=message):
             load_questions(path)
