@@ -40,6 +40,16 @@ def test_runs_pool_by_question_and_the_shares_follow_the_bar(tmp_path):
         pooled_rows([(tmp_path / "d", "squad")])
 
 
+def test_each_row_holds_one_question_whatever_order_the_answer_files_list_it_in(tmp_path):
+    write_run(tmp_path / "a", "squad", {"closed": [0.0, 0.1, 0.2], "rag": [1.0, 0.9, 0.8], "hyper": [0.5, 0.6, 0.7],
+                                        "hyper-wrongdoc": [0.3, 0.2, 0.1]})
+    hyper = tmp_path / "a" / "work" / "answers-squad-hyper-0123456789ab.jsonl"
+    hyper.write_text("\n".join(reversed(hyper.read_text().splitlines())))
+    assert pooled_rows([(tmp_path / "a", "squad")]) == [
+        {"closed": c, "rag": r, "hyper": h, "hyper-wrongdoc": w}
+        for c, r, h, w in [(0.0, 1.0, 0.5, 0.3), (0.1, 0.9, 0.6, 0.2), (0.2, 0.8, 0.7, 0.1)]]
+
+
 def test_modes_on_different_questions_and_bad_specs_are_refused(tmp_path):
     write_run(tmp_path / "a", "squad", {"closed": [0.0, 1.0], "rag": [1.0], "hyper": [0.0, 0.0], "hyper-wrongdoc": [0.0, 0.0]})
     with pytest.raises(SystemExit, match="answer different questions"):

@@ -71,11 +71,17 @@ def test_no_held_out_list_is_a_one_line_exit(tmp_path):
 
 def test_against_pairs_each_question_with_the_other_curves_row(tmp_path, capsys):
     other = tmp_path / "curve.json"
-    other.write_text(json.dumps({"final@489": {"step": 489, "own_by_question": {"a": 2.0, "b": 1.0, "c": 3.0}}}))
-    rows = {"final@607": {"step": 607, "own": 1.5, "own_by_question": {"a": 1.5, "b": 0.5, "c": 2.5}}}
+    from hyperprag.metrics import paired_bootstrap
+
+    # the other curve lists its questions in another order, and the differences vary: only a
+    # pairing by id gives the interval of the aligned lists
+    other.write_text(json.dumps({"final@489": {"step": 489, "own_by_question": {"c": 3.0, "a": 2.0, "b": 1.0}}}))
+    rows = {"final@607": {"step": 607, "own": 1.5, "own_by_question": {"a": 1.5, "b": 0.9, "c": 2.0}}}
     print_against(rows, ["final@607"], f"{other}:final@489")
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == "| 607 | 1.5000 | -0.5000 [-0.5000, -0.5000] |"   # every question 0.5 nats better
+    mean, lo, hi = paired_bootstrap([1.5, 0.9, 2.0], [2.0, 1.0, 3.0])
+    assert last == f"| 607 | 1.5000 | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] |"
+    assert (mean, lo, hi) != paired_bootstrap([1.5, 0.9, 2.0], [3.0, 2.0, 1.0])
 
     rows["final@607"]["own_by_question"] = {"a": 1.5, "b": 0.5, "d": 2.5}
     with pytest.raises(SystemExit, match="different questions"):
