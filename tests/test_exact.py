@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
+from hyperprag.adapter import content_hash
 from hyperprag.augment import AugmentConfig, Augmentation, Augmenter, parse_qa, parse_rewrite
 from hyperprag.data import Passage
 from hyperprag.errors import HyperpragError
@@ -177,8 +178,15 @@ def test_empty_document_is_refused(tokenizer):
 def test_very_long_document_is_truncated_and_recorded(tokenizer):
     enc, _ = make_encoder(tokenizer, max_doc_tokens=32)
     long_doc = Passage("Long", " ".join(["The regatta is rowed on Lake Ennisar."] * 200))
+    trained = []
+    train = enc.train
+    enc.train = lambda seqs: trained.append(seqs) or train(seqs)
     [ad] = enc.encode([long_doc])
     assert int(ad.extra["truncated_from_tokens"]) > 1000
+    # what is trained is the cut passage, not the whole one recorded as cut
+    [seqs] = trained
+    assert len(tokenizer(seqs[0].text, add_special_tokens=False)["input_ids"]) <= 32
+    assert ad.doc_hash == content_hash(long_doc.text)
 
 
 def test_store_never_reuses_adapters_across_recipes(tokenizer, tmp_path):
@@ -197,7 +205,11 @@ def test_store_never_reuses_adapters_across_recipes(tokenizer, tmp_path):
 
 def test_bf16_autocast_trains(tokenizer):
     enc, model = make_encoder(tokenizer, lr=1e-2, epochs=3, bf16=True)
+    dtypes = set()
+    hook = model.model.layers[0].mlp.up_proj.register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
     [ad] = enc.encode([DOC])
+    hook.remove()
+    assert dtypes == {torch.bfloat16}  # the flag reached the forward passes
     assert _qa_loss(model, tokenizer, enc, ad) < _qa_loss(model, tokenizer, enc)
 
 
