@@ -94,6 +94,26 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, setup):
     assert not (run / "state.tmp").exists() and not (run / "state" / "junk.bin").exists()
 
 
+def test_a_damaged_state_or_an_out_path_through_a_file_is_one_line(tmp_path, setup):
+    model_dir, data = setup
+    launch(tmp_path, model_dir, data, 1, steps=2, out="run")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def run_script(*overrides):  # one process needs no launcher
+        proc = subprocess.run([sys.executable, str(ROOT / "training" / "train_hypernet.py"), str(tmp_path / "cfg.yaml"),
+                               *overrides], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        return proc.stderr.strip().splitlines()[-1]
+
+    state = tmp_path / "run" / "state"
+    (state / "model.safetensors").unlink()  # a partial copy of the run
+    assert run_script().startswith(f"{state} is damaged (")
+    (state / "step.json").write_text('{"step": 2')
+    assert run_script().startswith(f"{state} is damaged (JSONDecodeError")
+    (tmp_path / "file").write_text("x")
+    assert run_script(f"out={tmp_path / 'file' / 'sub'}") == f"train_hypernet: Not a directory: {tmp_path / 'file' / 'sub'}"
+
+
 def test_a_resumed_run_takes_this_launchs_optimiser_settings_and_says_what_changed(tmp_path, setup):
     """load_state brings back the saved param groups' weight decay; the new config's must win."""
     model_dir, data = setup
@@ -454,12 +474,26 @@ def test_bad_yaml_names_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("config_text, overrides, message", [
     ("steps: 0\n", [], "steps must be at least 1, got 0"),
-    ("", ["steps=abc"], "steps must be an integer, got 'abc'"),
+    ("", ["steps=abc"], "cfg.yaml with steps=abc: steps must be an integer, got 'abc'"),
     ("", ["docs_per_step=true"], "docs_per_step must be an integer, got True"),
     ("", ["weights=3"], "weights must be a mapping, got 3"),
     ("", ["lr=0"], "lr must be positive"),
     ("weights: {lm: 1.0, kll: 1.0}\n", [], "unknown objective weights.kll"),
-    ("weights: {lm: -1.0}\n", [], "weights.lm must be a number >= 0"),
+    ("weights: {lm: -1.0}\n", [], "weights.lm must be a finite number >= 0"),
+    ("weights: {lm: .inf}\n", [], "weights.lm must be a finite number >= 0"),
+    ("weights: {lm: 0.0, kl: 0}\n", [], "every objective's weight is 0 (or none is given): the run would train nothing"),
+    ("weights: {}\n", [], "every objective's weight is 0"),
+    ("", ["alpha=0"], "with alpha=0: alpha must be positive, got 0"),
+    ("", ["lr=.inf"], "lr must be a finite number, got inf"),
+    ("", ["alpha=.nan"], "alpha must be a finite number, got nan"),
+    ("", ["seed=-1"], "seed must be from 0 to 2**32 - 1, got -1"),
+    ("", ["weight_decay=-0.5"], "weight_decay must be at least 0, got -0.5"),
+    ("", ["context_lr_scale=-1"], "context_lr_scale must be at least 0, got -1"),
+    ("", ["contrast_margin=-3"], "contrast_margin must be at least 0, got -3"),
+    # a mistake on the command line is named there, not in the file
+    ("steps: 5\n", ["stpes=10"], "override 'stpes=10': unknown config key 'stpes'"),
+    ("", ["weights.lm=0.5"], "unknown config key 'weights.lm' (a mapping is given whole: weights={...})"),
+    ("stpes: 10\n", [], "cfg.yaml: unknown config keys ['stpes']"),
     ("weights: {lm: 1.0, recon: 1.0}\n", [], "the recon objective reads exact adapters: give recon_store"),
     ("[1, 2]\n", [], "a config is a mapping of keys to values, got list"),
     # keys unset by default are typed and ranged when set, before a minute of model loading

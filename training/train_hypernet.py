@@ -173,13 +173,25 @@ def _check_types(cfg: dict, path: str) -> None:
         sys.exit(f"{path}: head_multiplier must be positive (or null: 1/hidden), got {cfg['head_multiplier']}")
     if cfg["embedding"].partition(":")[0] not in EMBEDDINGS:
         sys.exit(f"{path}: unknown embedding {cfg['embedding']!r}; use one of {', '.join(EMBEDDINGS)}")
-    if not cfg["lr"] > 0:
-        sys.exit(f"{path}: lr must be positive, got {cfg['lr']}")
+    for key in (k for k, v in cfg.items() if isinstance(v, float) and not math.isfinite(v)):
+        sys.exit(f"{path}: {key} must be a finite number, got {cfg[key]}")
+    for key in ("lr", "alpha"):  # an alpha of 0 gives adapters that change nothing: nothing to learn
+        if not cfg[key] > 0:
+            sys.exit(f"{path}: {key} must be positive, got {cfg[key]}")
+    for key in ("context_lr_scale", "weight_decay", "contrast_margin"):
+        if cfg[key] < 0:
+            sys.exit(f"{path}: {key} must be at least 0, got {cfg[key]}")
+    if not 0 <= cfg["seed"] < 2 ** 32:
+        sys.exit(f"{path}: seed must be from 0 to 2**32 - 1, got {cfg['seed']}")
     for name, weight in cfg["weights"].items():
         if name not in OBJECTIVES:
             sys.exit(f"{path}: unknown objective weights.{name}; the objectives are {', '.join(OBJECTIVES)}")
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
-            sys.exit(f"{path}: weights.{name} must be a number >= 0, got {weight!r}")
+        if (not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight)
+                or weight < 0):
+            sys.exit(f"{path}: weights.{name} must be a finite number >= 0, got {weight!r}")
+    if not any(cfg["weights"].values()):
+        sys.exit(f"{path}: every objective's weight is 0 (or none is given): the run would train nothing; "
+                 f"give weights, for example {{lm: 1.0}}")
 
 
 def load_config(path: str, overrides: list[str]) -> dict:
@@ -192,16 +204,24 @@ def load_config(path: str, overrides: list[str]) -> dict:
         sys.exit(f"{path}: not UTF-8 text (byte {err.start})")
     if not isinstance(loaded, dict):
         sys.exit(f"{path}: a config is a mapping of keys to values, got {type(loaded).__name__}")
+    unknown = set(loaded) - set(DEFAULTS)
+    if unknown:
+        sys.exit(f"{path}: unknown config keys {sorted(unknown)}")
     cfg.update(loaded)
+    given = []
     for item in overrides:  # key=value, YAML-typed
         key, eq, value = item.partition("=")
         if not eq:
             sys.exit(f"override {item!r}: write key=value (for example steps=100)")
+        if key not in DEFAULTS:
+            hint = f" (a mapping is given whole: {key.partition('.')[0]}={{...}})" if key.partition(".")[0] in DEFAULTS else ""
+            sys.exit(f"override {item!r}: unknown config key {key!r}{hint}")
         cfg[key] = _yaml(value, f"override {item}")
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        sys.exit(f"{path}: unknown config keys {sorted(unknown)}")
-    _check_types(cfg, path)
+        given.append(item)
+    # a value from the command line is named as such: the file is not where the mistake is
+    where = f"{path} with {' '.join(given)}" if given else path
+    _check_types(cfg, where)
+    path = where
     if cfg["weights"].get("recon") and not (cfg["recon_store"] and cfg["recon_encoder_key"]):
         sys.exit(f"{path}: the recon objective reads exact adapters: give recon_store (the store directory) and "
                  f"recon_encoder_key (the exact encoder's key in it)")
@@ -439,9 +459,13 @@ def main() -> None:
         previous.rename(state_dir)
     accelerator.wait_for_everyone()
     if (state_dir / "step.json").exists():
-        accelerator.load_state(str(state_dir))
-        saved = json.loads((state_dir / "step.json").read_text())
-        step, spent = saved["step"], saved.get("seconds", 0.0)
+        try:
+            saved = json.loads((state_dir / "step.json").read_text())
+            step, spent = int(saved["step"]), float(saved.get("seconds", 0.0))
+            accelerator.load_state(str(state_dir))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # changed from outside the run
+            raise HyperpragError(f"{state_dir} is damaged ({type(err).__name__}: {err}); delete it to start the run "
+                                 f"again, or put back a whole copy") from None
         log(f"resumed from step {step}")
         # load_state brings back the saved param groups' settings; lr is set every step, and the
         # rest must be this launch's too, as its config says
@@ -657,3 +681,5 @@ if __name__ == "__main__":
         main()
     except (HyperpragError, DataError) as err:  # a data file's file:line, a model that will not load: one line
         sys.exit(str(err))
+    except OSError as err:  # an out path through a file, a full disk: what and where, in one line
+        sys.exit(f"train_hypernet: {err.strerror or err}{f': {err.filename}' if err.filename else ''}")
