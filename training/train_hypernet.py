@@ -1,8 +1,8 @@
 """Train the hypernetwork (document embedding -> FFN LoRA). Readable top to bottom.
 
-    accelerate launch --num_processes 1 training/train_hypernet.py training/configs/squad_minilm.yaml
-    accelerate launch --multi_gpu --num_processes 2 training/train_hypernet.py CONFIG  # no GPU: 2 CPU processes, gloo
-    accelerate launch --multi_gpu --num_processes 8 training/train_hypernet.py CONFIG  # 8 GPUs, unchanged
+    .venv/bin/accelerate launch --quiet --num_processes 1 training/train_hypernet.py training/configs/squad_minilm.yaml
+    .venv/bin/accelerate launch --quiet --multi_gpu --num_processes 2 training/train_hypernet.py CONFIG  # no GPU: 2 CPU processes, gloo
+    .venv/bin/accelerate launch --quiet --multi_gpu --num_processes 8 training/train_hypernet.py CONFIG  # 8 GPUs, unchanged
 
 Documents come from question files in the shared JSONL shape; a question with exactly one passage
 (SQuAD) gives that passage a QA pair. Passages of the ``augmented`` files (any corpus or question
