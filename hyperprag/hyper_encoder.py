@@ -52,6 +52,12 @@ def _read_config(root: Path) -> dict:
     missing = [k for k in CONFIG_KEYS if k not in config] if isinstance(config, dict) else list(CONFIG_KEYS)
     if missing:
         raise HyperpragError(f"{root} is not a hypernetwork checkpoint (config.json lacks {', '.join(missing)})")
+    kinds = {"base_model": str, "embedding_source": str, "hypernet": dict, "targets": list}
+    for key, kind in kinds.items():  # a hand-edited file: named here, not as a TypeError further on
+        if not isinstance(config[key], kind):
+            raise HyperpragError(f"{root}/config.json: '{key}' must be a {kind.__name__}, got {config[key]!r:.60}")
+    if not isinstance(config["hypernet"].get("roles"), dict):
+        raise HyperpragError(f"{root}/config.json: 'hypernet' has no 'roles' mapping")
     return config
 
 

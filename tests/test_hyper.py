@@ -1,3 +1,6 @@
+import json
+import re
+
 import pytest
 import torch
 
@@ -168,6 +171,14 @@ def test_a_directory_that_is_no_checkpoint_is_refused_in_one_line(tmp_path):
               str(tmp_path / "model.safetensors"))
     with pytest.raises(HyperpragError, match="does not hold the weights .*size mismatch"):
         HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=HashSource())
+    # a hand-edited config.json of the wrong shape
+    good = json.loads((tmp_path / "config.json").read_text())
+    for key, value, message in [("hypernet", "oops", "'hypernet' must be a dict, got 'oops'"),
+                                ("targets", None, "'targets' must be a list, got None"),
+                                ("hypernet", {"hidden": 32}, "'hypernet' has no 'roles' mapping")]:
+        (tmp_path / "config.json").write_text(json.dumps({**good, key: value}))
+        with pytest.raises(HyperpragError, match=re.escape(f"{tmp_path}/config.json: {message}")):
+            HyperEncoder.from_pretrained(tmp_path, tiny_model(), source=HashSource())
 
 
 def test_embedding_sources_real_minilm_and_hidden_states(tokenizer):
