@@ -289,6 +289,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.encoder == "hyper":
         _check_checkpoint(args)
     docs = all_docs = passages_of(args.docs)[: args.limit]
+    if not docs:  # before a minute of model loading, as eval and bench refuse an empty slice
+        raise HyperpragError(f"{args.docs}: no passages to encode (its questions carry none: give a corpus file)")
     # Under `accelerate launch`, each process takes every n-th document; the store is safe for
     # concurrent writers, so together they fill one store. A plain run is one process of one.
     import torch
@@ -329,6 +331,9 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
     docs = list({content_hash(d.text): d for f in args.docs for d in passages_of(f, args.skip_first)}.values())
     docs = docs[: args.limit]
+    if not docs:
+        raise HyperpragError(f"{', '.join(args.docs)}: no passages to augment"
+                             + (f" once the first {args.skip_first} questions' are left out" if args.skip_first else ""))
     state = PartialState(cpu=not torch.cuda.is_available()) if _launched() else None
     if state is not None:
         docs = docs[state.process_index::state.num_processes]

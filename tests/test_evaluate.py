@@ -282,6 +282,23 @@ def test_cli_encode_non_utf8_file_is_one_clear_line(tmp_path, capsys):
     assert err == f"hyperprag: error: {path}:2: not valid UTF-8 (byte 38)"
 
 
+def test_cli_encode_and_augment_with_no_passages_stop_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    import hyperprag.models
+
+    monkeypatch.setattr(hyperprag.models, "load_base_model", lambda *a, **k: pytest.fail("loaded a model"))
+    questions = tmp_path / "q.jsonl"  # questions for a corpus: they carry no passages
+    questions.write_text(json.dumps({"id": "a", "question": "Who?", "answers": ["x"], "passages": []}))
+    assert main(["encode", "--docs", str(questions)]) == 2
+    assert capsys.readouterr().err.strip() == (f"hyperprag: error: {questions}: no passages to encode "
+                                               f"(its questions carry none: give a corpus file)")
+    with_passage = tmp_path / "p.jsonl"
+    with_passage.write_text(json.dumps({"id": "a", "question": "Who?", "answers": ["x"],
+                                        "passages": [{"title": "T", "text": "x did it."}]}))
+    assert main(["augment", "--docs", str(with_passage), "--skip-first", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (f"hyperprag: error: {with_passage}: no passages to augment "
+                                               f"once the first 1 questions' are left out")
+
+
 @pytest.mark.parametrize("mode", ["hyper", "hyper-combine"])
 def test_cli_hyper_modes_with_a_checkpoint(tmp_path, tokenizer, monkeypatch, mode):
     from hyperprag.embeddings import HiddenStateEmbedding
