@@ -151,6 +151,8 @@ def resolve_model_path(name_or_path: str | None = None) -> Path | str:
     path = Path(name_or_path)
     if path.exists() and not (path / "config.json").exists():
         raise HyperpragError(f"{path} is not a Hugging Face model directory (no config.json)")
+    if path.is_dir() and '"hypernet"' in (path / "config.json").read_text(errors="replace"):
+        raise HyperpragError(f"{path} is a hypernetwork checkpoint, not a language model: pass it as --checkpoint")
     return name_or_path
 
 
@@ -170,8 +172,12 @@ def load_base_model(name_or_path: str | None = None, dtype: torch.dtype = torch.
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:  # a bad path reads to transformers as a malformed hub id
+        why = " ".join(str(err).split())
+        if Path(path).is_dir():
+            raise HyperpragError(f"cannot load model {name_or_path!r}: the directory has a config.json but no "
+                                 f"tokenizer transformers can read ({why:.200})") from None
         raise HyperpragError(f"cannot load model {name_or_path!r}: neither a model directory nor in the "
-                             f"local Hugging Face cache (the hub is not reached at run time): {err}") from None
+                             f"local Hugging Face cache (the hub is not reached at run time): {why:.200}") from None
     default = name_or_path in (None, DEFAULT_MODEL_ID)
     if default:  # a cache converted elsewhere, or by another transformers version
         check_default_tokenizer(tokenizer)

@@ -99,6 +99,18 @@ def test_a_model_or_embedder_path_that_is_not_there_is_one_clear_error(tmp_path)
         load_base_model(str(tmp_path / "nope"))
     with pytest.raises(HyperpragError, match="cannot load embedder .*nope"):
         load_embedder(str(tmp_path / "nope"))
+    # a hypernetwork checkpoint given as the model, and a model directory without a tokenizer
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"base_model": "m", "hypernet": {"hidden": 8}}')
+    with pytest.raises(HyperpragError, match=f"^{ckpt} is a hypernetwork checkpoint, not a language model: "
+                                             "pass it as --checkpoint$"):
+        load_base_model(str(ckpt))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(HyperpragError, match="the directory has a config.json but no tokenizer"):
+        load_base_model(str(bare))
 
 
 def test_a_conversion_killed_outright_is_cleared_once_stale(tmp_path, monkeypatch):
