@@ -189,7 +189,7 @@ def _retrieve(args, examples, corpus):
     if args.retriever == "dense":
         from .embedder import load_embedder
         embedder = load_embedder(args.embedder)
-    index = build_index(corpus, args.retriever, embedder) if corpus else None
+    index = build_index(corpus, args.retriever, embedder, progress=not args.quiet) if corpus else None
     if index is None and any(not ex.passages for ex in examples):
         raise HyperpragError("some questions have no candidate passages; pass --corpus to retrieve from")
     return retrieve_all(examples, args.top_k, index, args.retriever, embedder)

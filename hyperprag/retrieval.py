@@ -49,14 +49,14 @@ class BM25Index:
 class DenseIndex:
     """Cosine similarity on sentence-transformer embeddings (normalised, so a dot product)."""
 
-    def __init__(self, passages: Sequence[Passage], embedder):
+    def __init__(self, passages: Sequence[Passage], embedder, progress: bool = True):
         if not passages:
             raise ValueError("cannot index an empty passage list")
         self.passages = distinct(passages)
         self._embedder = embedder
         self._vectors = embedder.encode([f"{p.title}: {p.text}" for p in self.passages],
                                         normalize_embeddings=True, convert_to_numpy=True,
-                                        show_progress_bar=len(self.passages) > 256)
+                                        show_progress_bar=progress and len(self.passages) > 256)
 
     def search(self, query: str, k: int) -> list[Passage]:
         q = self._embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
@@ -64,13 +64,15 @@ class DenseIndex:
         return [self.passages[int(i)] for i in order]
 
 
-def build_index(passages: Sequence[Passage], method: str = "bm25", embedder=None) -> PassageIndex:
+def build_index(passages: Sequence[Passage], method: str = "bm25", embedder=None,
+                progress: bool = True) -> PassageIndex:
+    """``progress``: a bar while a large corpus is embedded (dense only)."""
     if method == "bm25":
         return BM25Index(passages)
     if method == "dense":
         if embedder is None:
             raise ValueError("dense retrieval needs an embedder")
-        return DenseIndex(passages, embedder)
+        return DenseIndex(passages, embedder, progress)
     raise ValueError(f"unknown retrieval method {method!r}; choose 'bm25' or 'dense'")
 
 

@@ -42,3 +42,20 @@ def test_a_text_listed_twice_is_retrieved_once():
     assert [p.id for p in build_index([*PASSAGES, twin]).search("library codex", 10)].count("p3") == 1
     only = QAExample("q", "What does the library hold?", ["Amberlin Codex"], passages=[PASSAGES[2], twin])
     assert [p.id for p in retrieve(only, k=3)] == ["p3"]
+
+
+def test_a_large_dense_index_shows_its_bar_unless_quiet():
+    import numpy as np
+
+    class Embedder:  # records what the index asked of sentence-transformers
+        bars = []
+
+        def encode(self, texts, show_progress_bar=False, **kw):
+            self.bars.append(show_progress_bar)
+            return np.ones((len(texts), 8))
+
+    many = [Passage(f"T{i}", f"Passage number {i}.") for i in range(300)]
+    build_index(many, "dense", Embedder())
+    build_index(many, "dense", Embedder(), progress=False)
+    build_index(PASSAGES, "dense", Embedder())
+    assert Embedder.bars == [True, False, False]
