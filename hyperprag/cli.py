@@ -212,6 +212,18 @@ def _check_out_file(path: str | None) -> None:
     """Refuse an --out that cannot be written before the run, not after it, with every answer lost."""
     if path and Path(path).is_dir():
         raise HyperpragError(f"--out {path} is a directory; give a file name for the results JSON")
+    if path:  # its folder is made now: a file in the way is found before the model loads
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _os_error(err: OSError) -> str:
+    """An --out or --store path that cannot be made, said plainly: mkdir reports a file on the way
+    to a new folder as "File exists" and names only that file."""
+    if err.filename is None:
+        return str(err)
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        return f"{err.filename} is a file, where a folder is needed (check --out and --store)"
+    return f"{err.filename}: {err.strerror}"
 
 
 def _check_checkpoint(args) -> None:
@@ -300,9 +312,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if state is not None:
         docs = docs[state.process_index::state.num_processes]
         print(f"process {state.process_index}/{state.num_processes}: {len(docs)} documents", file=sys.stderr)
+    store = _store(args)  # an unusable --store is named before the model loads
     model, tokenizer = load_base_model(args.model, device=state.device if state else "cpu")
     encoder = build_encoder(args.encoder, model, tokenizer, args)
-    store = _store(args)
     store.get_or_encode(docs, encoder, progress=not args.quiet and (state is None or state.is_main_process))
     if state is not None:
         state.wait_for_everyone()
@@ -372,9 +384,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         retrieved = _retrieve(args, examples, corpus) if reads_passages else [[] for _ in examples]
         datasets.append(Dataset(name, str(path), examples, retrieved))
     wanted = {get_mode(m).encoder for m in args.modes} - {None}
-    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
-    if "hyper" in wanted and not (checkpoint / "config.json").exists():
-        raise HyperpragError(f"no hypernetwork checkpoint at {checkpoint}; pass --checkpoint or leave out the hyper modes")
+    if "hyper" in wanted:
+        _check_checkpoint(args)
+        if not args.checkpoint and not (DEFAULT_CHECKPOINT / "config.json").exists():
+            raise HyperpragError(f"no hypernetwork checkpoint at {DEFAULT_CHECKPOINT}; pass --checkpoint or leave "
+                                 f"out the hyper modes")
     model, tokenizer = load_base_model(args.model)
     encoders = {name: build_encoder(name, model, tokenizer, args) for name in sorted(wanted)}
     settings = BenchSettings(
@@ -471,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except (DataError, HyperpragError, ValueError, OSError) as err:  # OSError: an unwritable --out or --store
-        print(f"hyperprag: error: {err}", file=sys.stderr)
+        print(f"hyperprag: error: {_os_error(err) if isinstance(err, OSError) else err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hyperprag: interrupted", file=sys.stderr)

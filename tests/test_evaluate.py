@@ -134,6 +134,16 @@ def test_cli_eval_refuses_an_out_directory_before_any_work(tmp_path, capsys):
     assert main(["eval", "--data", str(data), "--mode", "closed", "--model", str(tmp_path / "none"),
                  "--out", str(tmp_path)]) == 2
     assert f"--out {tmp_path} is a directory" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["eval", "--data", str(data), "--mode", "closed", "--model", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "notes.txt" / "r.json")]) == 2
+    assert capsys.readouterr().err.strip() == (f"hyperprag: error: {tmp_path / 'notes.txt'} is a file, where a "
+                                               f"folder is needed (check --out and --store)")
+    # bench's hyper modes with a --checkpoint that is not one: named as the flag given
+    data.write_text(json.dumps({"question": "q", "answers": ["a"], "passages": [{"title": "T", "text": "a"}]}))
+    assert main(["bench", "--data", str(data), "--modes", "closed", "hyper", "--checkpoint", str(tmp_path / "nock"),
+                 "--model", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
+    assert f"--checkpoint {tmp_path / 'nock'} is not a hypernetwork checkpoint" in capsys.readouterr().err
 
 
 def test_cli_closed_book_needs_no_passages_nor_corpus(tmp_path, tokenizer, capsys):
@@ -297,6 +307,9 @@ def test_cli_encode_and_augment_with_no_passages_stop_before_loading_a_model(tmp
     assert main(["augment", "--docs", str(with_passage), "--skip-first", "1"]) == 2
     assert capsys.readouterr().err.strip() == (f"hyperprag: error: {with_passage}: no passages to augment "
                                                f"once the first 1 questions' are left out")
+    assert main(["encode", "--docs", str(with_passage), "--store", str(questions)]) == 2  # a file as the store
+    assert capsys.readouterr().err.strip() == (f"hyperprag: error: {questions} is a file, where a folder is needed "
+                                               f"(check --out and --store)")
 
 
 @pytest.mark.parametrize("mode", ["hyper", "hyper-combine"])
