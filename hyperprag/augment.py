@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
 from .adapter import content_hash
 from .data import Passage
 from .errors import HyperpragError
+from .files import write_text_atomic
 from .generation import generate_completions
 from .metrics import normalize_answer
 from .models import cache_dir, model_id
@@ -159,10 +159,7 @@ class Augmenter:
         return read_cached(self.cache, doc_hash)
 
     def _store(self, aug: Augmentation) -> None:
-        path = self.cache / f"{aug.doc_hash}.json"
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(aug)))
-        os.replace(tmp, path)
+        write_text_atomic(self.cache / f"{aug.doc_hash}.json", json.dumps(asdict(aug)))
 
     def augment(self, docs: Sequence[Passage], progress: bool = True) -> list[Augmentation]:
         hashes = [content_hash(d.text) for d in docs]

@@ -35,6 +35,7 @@ from .data import Passage, QAExample, passages_of
 from .diagnostics import mean_off_diagonal, similarity_matrix, specificity, wrong_document
 from .encoder import DocumentEncoder
 from .evaluate import MODES, evaluate, get_mode, merged_adapters, summarize
+from .files import write_text_atomic
 from .generation import generate_completions
 from .inject import inject
 from .merge import merge_adapters
@@ -100,9 +101,7 @@ class WorkDir:
         if path.exists():
             return json.loads(path.read_text())
         value = compute()
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(value))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(value))
         return value
 
     def answers_path(self, name: str, key: str) -> Path:
@@ -132,9 +131,7 @@ def answer_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ds: D
         r["em"], r["f1"] = best_em_f1(r["prediction"], r["answers"])
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not path.exists() or path.read_bytes() != text.encode("utf-8"):  # drop a cut last line, atomically
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     bs = settings.batch_size
     bar = tqdm(total=len(ds.examples), initial=len(records), desc=f"{ds.name} {label}", unit="q",
                disable=not settings.progress or len(records) == len(ds.examples))
@@ -223,8 +220,8 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
                                                      merges.get("hyper"), settings))
     results["throughput_q_per_s"] = work.stage(
         "throughput", query_key, lambda: batch_throughput(model, tokenizer, first, first_merged, settings))
-    (out / "results.json").write_text(json.dumps(undefined_as_null(results), indent=1, ensure_ascii=False,
-                                                 allow_nan=False), encoding="utf-8")
+    write_text_atomic(out / "results.json", json.dumps(undefined_as_null(results), indent=1, ensure_ascii=False,
+                                                       allow_nan=False))
     plots = write_plots(results, out)
     write_report(results, out, plots)
     return results

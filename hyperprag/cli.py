@@ -12,6 +12,7 @@ from pathlib import Path
 from .cli_types import at_least
 from .data import DataError, QAExample, load_questions, passages_of, read_corpus
 from .errors import HyperpragError
+from .files import write_text_atomic
 from .evaluate import MODES as ENGINE_MODES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
@@ -286,7 +287,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result["adapter_mean_cosine"] = mean_pairwise_cosine(distinct)
     result["config"] = vars(args)
     if answers is not None:
-        Path(args.out).write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_text_atomic(args.out, json.dumps(result, indent=2, ensure_ascii=False))
         answers.unlink()  # the results hold every answer now
     if "adapter_mean_cosine" in result:
         print(f"adapter mean pairwise cosine (first {len(distinct)} distinct adapters): {result['adapter_mean_cosine']:.3f}")
@@ -384,10 +385,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         retrieved = _retrieve(args, examples, corpus) if reads_passages else [[] for _ in examples]
         datasets.append(Dataset(name, str(path), examples, retrieved))
     wanted = {get_mode(m).encoder for m in args.modes} - {None}
+    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     if "hyper" in wanted:
         _check_checkpoint(args)
-        if not args.checkpoint and not (DEFAULT_CHECKPOINT / "config.json").exists():
-            raise HyperpragError(f"no hypernetwork checkpoint at {DEFAULT_CHECKPOINT}; pass --checkpoint or leave "
+        if not (checkpoint / "config.json").exists():
+            raise HyperpragError(f"no hypernetwork checkpoint at {checkpoint}; pass --checkpoint or leave "
                                  f"out the hyper modes")
     model, tokenizer = load_base_model(args.model)
     encoders = {name: build_encoder(name, model, tokenizer, args) for name in sorted(wanted)}

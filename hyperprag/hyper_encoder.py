@@ -24,6 +24,7 @@ from .data import Passage
 from .embeddings import EmbeddingSource, build_source
 from .encoder import DocumentEncoder
 from .errors import HyperpragError
+from .files import write_text_atomic
 from .hypernet import HyperNetConfig, HyperNetwork
 from .models import FFNTarget, find_ffn_targets, model_id
 
@@ -147,8 +148,7 @@ class HyperEncoder(DocumentEncoder):
         tmp = out / "model.safetensors.tmp"
         save_file({k: v.contiguous() for k, v in self.hypernet.state_dict().items()}, str(tmp))
         os.replace(tmp, out / "model.safetensors")
-        (out / "config.json.tmp").write_text(json.dumps(config, indent=2))
-        os.replace(out / "config.json.tmp", out / "config.json")
+        write_text_atomic(out / "config.json", json.dumps(config, indent=2))
         return out
 
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .files import write_text_atomic
+
 
 def _f(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or x != x else f"{x:.{digits}f}"
@@ -190,5 +192,5 @@ def write_report(results: dict, out: Path, plots: dict[str, str]) -> Path:
     if plots:
         L += ["## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()] + [""]
     path = out / "report.md"
-    path.write_text("\n".join(L), encoding="utf-8")
+    write_text_atomic(path, "\n".join(L))
     return path
