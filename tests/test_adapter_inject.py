@@ -79,6 +79,49 @@ def test_sum_merge_is_exact_sum_of_deltas_and_mean_is_average():
     assert merged.doc_hash != mean.doc_hash and merged.doc_hash == merge_adapters(ads, "concat").doc_hash
 
 
+def test_merge_weighs_each_adapter_by_its_own_scaling_and_refuses_what_does_not_fit():
+    from dataclasses import replace
+
+    model = tiny_model()
+    a, b = random_adapter(model, 1, scaling=16.0), random_adapter(model, 2, scaling=2.0)
+    for name in a.factors:
+        assert torch.allclose(merge_adapters([a, b]).delta(name), a.delta(name) + b.delta(name), atol=1e-6)
+    with pytest.raises(ValueError, match="nothing to merge"):
+        merge_adapters([])
+    with pytest.raises(ValueError, match="unknown merge method 'weighted'"):
+        merge_adapters([a, b], "weighted")
+    with pytest.raises(AdapterMismatchError, match="another-model"):
+        merge_adapters([a, replace(b, base_model="another-model")])
+    fewer = replace(b, factors=dict(list(b.factors.items())[:1]))
+    for pair in ([a, fewer], [fewer, a]):
+        with pytest.raises(AdapterMismatchError, match="other modules"):
+            merge_adapters(pair)
+
+
+def test_dropout_acts_only_while_training_and_per_row_lists_are_checked_row_by_row():
+    from hyperprag.inject import lora_hooks
+
+    model = tiny_model()
+    ad = random_adapter(model, 1, scaling=50.0)
+    factors = {n: (a_, b_ * ad.scaling) for n, (a_, b_) in ad.factors.items()}
+
+    def run(dropout, grad):
+        torch.manual_seed(0)
+        with torch.set_grad_enabled(grad), lora_hooks(model, factors, dropout=dropout):
+            return model(input_ids=IDS).logits.detach()
+
+    assert torch.equal(run(0.5, False), run(0.0, False))  # inference never drops
+    assert not torch.allclose(run(0.9, True), run(0.0, True), atol=1e-4)  # training does
+    rows = {n: (a_.unsqueeze(0), b_.unsqueeze(0)) for n, (a_, b_) in factors.items()}  # one row's factors
+    with pytest.raises(ValueError, match="batch has 2 rows but 1 per-row adapters"):
+        with lora_hooks(model, rows):
+            model(input_ids=IDS)
+    from dataclasses import replace
+    with pytest.raises(AdapterMismatchError, match="another-model"):
+        with inject(model, [ad, replace(ad, base_model="another-model")]):
+            pass
+
+
 @pytest.mark.parametrize("arch", ARCHS)  # OPT flattens its rows before the FFN (session 29's fix)
 def test_per_row_batch_equals_rows_one_by_one(arch):
     model = tiny_model(arch)

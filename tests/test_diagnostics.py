@@ -75,7 +75,9 @@ def test_distractors_are_distinct_other_documents():
 def test_specificity_share_of_lift():
     s = specificity(0.1, 0.5, 0.18)
     assert s["lift"] == pytest.approx(0.4) and s["share_of_lift_lost"] == pytest.approx(0.8)
+    assert s["wrong_doc_lift"] == pytest.approx(0.08)
     assert math.isnan(specificity(0.2, 0.2, 0.2)["share_of_lift_lost"])
+    assert specificity(0.5, 0.3, 0.4)["share_of_lift_lost"] == pytest.approx(0.5)  # a negative lift is a lift
 
 
 def test_answer_loss_with_and_without_per_question_adapters(tokenizer):
@@ -104,6 +106,11 @@ def test_answer_loss_with_and_without_per_question_adapters(tokenizer):
         answer_loss(model, tokenizer, exs, [None])
     # a question without a passage (a corpus-retrieval dataset) is scored closed-book, and refused
     # by name only where the passage would go into the prompt (it crashed on an empty batch)
+    # in context, the first passage only, as rag's top-1
+    two = [QAExample(e.id, e.question, e.answers, [*e.passages, Passage("u", "Another passage entirely.")])
+           for e in exs]
+    assert answer_loss(model, tokenizer, two, [None, None], in_context=True) == pytest.approx(sum(in_context) / 2,
+                                                                                              rel=1e-5)
     bare = [QAExample(e.id, e.question, e.answers, []) for e in exs]
     assert answer_loss(model, tokenizer, bare, [None, None]) == pytest.approx(base, rel=1e-5)
     with pytest.raises(ValueError, match="question '0' has no passage"):

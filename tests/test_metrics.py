@@ -82,3 +82,21 @@ def test_bootstrap_share_interval():
     assert bootstrap_share([1.0, 0.0, 1.0], [1.0, 1.0, 0.5], seed=3) == bootstrap_share([1.0, 0.0, 1.0], [1.0, 1.0, 0.5], seed=3)
     with pytest.raises(ValueError):
         bootstrap_share([1.0], [1.0, 0.0])
+
+
+def test_bootstrap_intervals_are_symmetric_under_swap_follow_the_seed_and_allow_negative_gaps():
+    import random
+
+    from hyperprag.metrics import bootstrap_share, paired_bootstrap
+
+    rng = random.Random(3)
+    a, b = [rng.random() for _ in range(60)], [rng.random() for _ in range(60)]
+    m, lo, hi = paired_bootstrap(a, b, resamples=1000)
+    assert paired_bootstrap(b, a, resamples=1000) == pytest.approx((-m, -hi, -lo))  # both ends by one rule
+    ten = [1.0] * 10 + [0.0] * 90
+    assert paired_bootstrap(ten, [0.0] * 100, seed=5) != paired_bootstrap(ten, [0.0] * 100, seed=0)
+    forty = [1.0] * 40 + [0.0] * 60
+    assert bootstrap_share(ten, forty, seed=5) != bootstrap_share(ten, forty, seed=0)
+    # a mode that loses half of what rag loses: a share, not "no gap"
+    share, lo, hi = bootstrap_share([-0.5] * 10 + [0.0] * 90, [-1.0] * 40 + [0.0] * 60)
+    assert share == pytest.approx(0.125) and lo < share < hi
