@@ -113,3 +113,33 @@ def test_an_imports_hash_names_its_delta_scaling_included(tmp_path):
     assert import_peft(tmp_path / "a-again", model).doc_hash == a.doc_hash
     assert a.scaling != b.scaling and a.doc_hash != b.doc_hash
     assert merge_adapters([a]).doc_hash != merge_adapters([b]).doc_hash
+
+
+def test_rslora_scaling_the_base_path_and_missing_files(tmp_path):
+    model = tiny_model()
+    ad = random_adapter(model)
+    export_peft(ad, tmp_path / "a", base_model_path="/models/tiny")
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "/models/tiny"
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    assert import_peft(tmp_path / "a", model).scaling == pytest.approx(config["lora_alpha"] / 2 ** 0.5)
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "IA3"}))
+    with pytest.raises(HyperpragError, match="only LoRA adapters can be imported, not IA3"):
+        import_peft(tmp_path / "a", model)
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(config))
+    (tmp_path / "a" / "adapter_model.safetensors").unlink()
+    with pytest.raises(HyperpragError, match="no adapter_model.safetensors"):
+        import_peft(tmp_path / "a", model)
+    with pytest.raises(HyperpragError, match="not a PEFT adapter directory"):
+        import_peft(tmp_path / "empty", model)
+
+
+def test_the_same_factors_on_another_module_are_another_adapter(tmp_path):
+    from hyperprag.adapter import DocAdapter
+
+    model = tiny_model()
+    ad = random_adapter(model)
+    gate, up = [n for n in ad.factors if n.startswith("model.layers.0.")][:2]
+    for name, module in (("g", gate), ("u", up)):
+        export_peft(DocAdapter({module: ad.factors[gate]}, ad.scaling, ad.base_model, "test", "1", "x"), tmp_path / name)
+    assert import_peft(tmp_path / "g", model).doc_hash != import_peft(tmp_path / "u", model).doc_hash

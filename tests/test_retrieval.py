@@ -1,3 +1,5 @@
+import pytest
+
 from hyperprag.data import Passage, QAExample
 from hyperprag.retrieval import build_index, retrieve
 
@@ -59,3 +61,43 @@ def test_a_large_dense_index_shows_its_bar_unless_quiet():
     build_index(many, "dense", Embedder(), progress=False)
     build_index(PASSAGES, "dense", Embedder())
     assert Embedder.bars == [True, False, False]
+
+
+class RecordingEmbedder:
+    """Bag-of-words vectors over a fixed vocabulary, recording every text it embeds."""
+
+    def __init__(self):
+        self.seen = []
+
+    def encode(self, texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False):
+        import numpy as np
+
+        self.seen += texts
+        vocab = ["regatta", "stew", "codex", "observatory", "island", "library"]
+        v = np.array([[float(w in t.lower()) for w in vocab] + [1e-3] for t in texts])
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_a_corpus_index_is_searched_even_when_the_question_has_its_own_passages():
+    corpus = build_index([Passage("Codex", "The Amberlin Codex is kept in the library.", "c1"), *PASSAGES[:2]])
+    ex = QAExample("q", "Where is the Amberlin Codex kept?", ["library"], passages=PASSAGES[:2])
+    assert retrieve(ex, k=1, corpus_index=corpus)[0].id == "c1"
+
+
+def test_dense_retrieval_over_own_candidates_embeds_title_and_text_once_each():
+    emb = RecordingEmbedder()
+    twin = Passage("Observatory (again)", PASSAGES[3].text, "p4b")
+    ex = QAExample("q", "Which island has the observatory?", ["Marrowick"], passages=[*PASSAGES, twin])
+    assert retrieve(ex, k=1, method="dense", embedder=emb)[0].id == "p4"
+    assert emb.seen[:4] == [f"{p.title}: {p.text}" for p in PASSAGES]  # the twin is not embedded
+    assert len(build_index([*PASSAGES, twin], "dense", emb).passages) == 4
+
+
+def test_bm25_reads_titles_drops_stopwords_and_refuses_unknown_methods():
+    assert build_index(PASSAGES).search("Zentari", 1)[0].id == "p2"  # only p2's title says it
+    # without stopwords, "the ... of the ... of the" outweighs the one passage about the mill
+    mill = [Passage("Town", "The history of the town and of the people of the valley and the hills.", "a"),
+            Passage("Mill", "Gresham owns a mill.", "b"), Passage("River", "Trout swim upstream.", "c")]
+    assert build_index(mill).search("who is the owner of the mill", 1)[0].id == "b"
+    with pytest.raises(ValueError, match="unknown retrieval method 'bm26'"):
+        build_index(PASSAGES, "bm26")
