@@ -774,3 +774,49 @@ def test_hidden_sequence_default_layer_exists_on_a_two_layer_model(tokenizer):
     model = tiny_model("llama")
     assert model.config.num_hidden_layers < 3
     assert build_source("hidden-seq", model, tokenizer).id.endswith(":1")
+
+
+@pytest.mark.parametrize("reader", ["pooled", "attention"])
+def test_a_fresh_network_starts_as_a_lora_does_a_random_and_b_zero(reader):
+    """Were A near zero too, B's gradient (proportional to A) would vanish and nothing would train."""
+    from hyperprag.exact import LoraTrainConfig
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    targets = find_ffn_targets(tiny_model())
+    cfg = HyperNetConfig.from_targets(targets, 16, reader=reader, hidden=32)
+    assert (cfg.rank, cfg.alpha) == (LoraTrainConfig().rank, LoraTrainConfig().alpha)  # the exact path's
+    net = HyperNetwork(cfg)
+    for role, (fan_in, _) in cfg.roles.items():
+        if reader == "pooled":
+            bias = net.heads[role].bias.detach()
+            a_bias, b_bias = bias[: cfg.rank * fan_in], bias[cfg.rank * fan_in:]
+        else:
+            a_bias, b_bias = (net._output_of(m[role]).bias.detach() for m in (net.read_a, net.read_b))
+        assert a_bias.abs().max() <= fan_in ** -0.5 and a_bias.abs().max() > 0.5 * fan_in ** -0.5
+        assert torch.count_nonzero(b_bias) == 0
+    bad = [targets[0], targets[0].__class__(targets[0].name + "x", 1, targets[0].role, 7, 9)]
+    with pytest.raises(ValueError, match="different shapes across layers"):
+        HyperNetConfig.from_targets(bad, 16)
+
+
+def test_an_empty_document_is_refused_and_the_key_names_the_embedding_source(tmp_path):
+    from hyperprag.errors import HyperpragError
+    from hyperprag.hyper_encoder import provenance_file
+
+    class OtherSource(HashSource):
+        id = "fake:other"
+
+    torch.manual_seed(0)
+    enc = HyperEncoder.create(tiny_model(), HashSource(), hidden=32)
+    with pytest.raises(HyperpragError, match="document 'Blank' is empty"):
+        enc.encode([Passage("Blank", "   ")])
+    enc.save_pretrained(tmp_path / "run" / "final")
+    other = HyperEncoder(enc.hypernet, OtherSource(), enc.base_model, enc.targets)
+    assert other.key != enc.key  # the same weights read other embeddings: other adapters
+    # a checkpoint's own provenance file before its run directory's (runs before session 25)
+    run, final = tmp_path / "run", tmp_path / "run" / "final"
+    for d in (run, final):
+        (d / "heldout_hashes.json").write_text("[]")
+    assert provenance_file(final, "heldout_hashes.json") == final / "heldout_hashes.json"
+    (final / "heldout_hashes.json").unlink()
+    assert provenance_file(final, "heldout_hashes.json") == run / "heldout_hashes.json"
