@@ -23,6 +23,8 @@ def test_identical_adapters_have_cosine_one_and_independent_ones_near_zero():
     different = [random_adapter(model, s) for s in range(4)]
     assert abs(mean_pairwise_cosine(different)) < 0.2
     assert torch.allclose(similarity_matrix(different).diagonal(), torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least two adapters"):  # one has no pair: not a cosine of nan
+        mean_pairwise_cosine(different[:1])
 
 
 def test_wrong_document_never_keeps_the_right_one():
