@@ -46,33 +46,18 @@ def test_a_text_listed_twice_is_retrieved_once():
     assert [p.id for p in retrieve(only, k=3)] == ["p3"]
 
 
-def test_a_large_dense_index_shows_its_bar_unless_quiet():
-    import numpy as np
-
-    class Embedder:  # records what the index asked of sentence-transformers
-        bars = []
-
-        def encode(self, texts, show_progress_bar=False, **kw):
-            self.bars.append(show_progress_bar)
-            return np.ones((len(texts), 8))
-
-    many = [Passage(f"T{i}", f"Passage number {i}.") for i in range(300)]
-    build_index(many, "dense", Embedder())
-    build_index(many, "dense", Embedder(), progress=False)
-    build_index(PASSAGES, "dense", Embedder())
-    assert Embedder.bars == [True, False, False]
-
-
 class RecordingEmbedder:
-    """Bag-of-words vectors over a fixed vocabulary, recording every text it embeds."""
+    """Bag-of-words vectors over a fixed vocabulary, recording every text it embeds and whether it
+    was asked for a progress bar."""
 
     def __init__(self):
-        self.seen = []
+        self.seen, self.bars = [], []
 
     def encode(self, texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False):
         import numpy as np
 
         self.seen += texts
+        self.bars.append(show_progress_bar)
         vocab = ["regatta", "stew", "codex", "observatory", "island", "library"]
         v = np.array([[float(w in t.lower()) for w in vocab] + [1e-3] for t in texts])
         return v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -101,3 +86,12 @@ def test_bm25_reads_titles_drops_stopwords_and_refuses_unknown_methods():
     assert build_index(mill).search("who is the owner of the mill", 1)[0].id == "b"
     with pytest.raises(ValueError, match="unknown retrieval method 'bm26'"):
         build_index(PASSAGES, "bm26")
+
+
+def test_a_large_dense_index_shows_its_bar_unless_quiet():
+    emb = RecordingEmbedder()
+    many = [Passage(f"T{i}", f"Passage number {i}.") for i in range(300)]
+    build_index(many, "dense", emb)
+    build_index(many, "dense", emb, progress=False)
+    build_index(PASSAGES, "dense", emb)
+    assert emb.bars == [True, False, False]
