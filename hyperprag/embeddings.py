@@ -274,6 +274,13 @@ def build_source(spec: str, model: PreTrainedModel | None = None,
     kind, _, rest = spec.partition(":")
     if kind == "sentence":
         return SentenceEmbedding(None if rest in ("", DEFAULT_EMBEDDER_ID) else rest)
+    layered = {"hidden-seq": HiddenSequence, "hidden-seq+words": HiddenAndWords, "hidden-kv": HiddenKeyValue,
+               "token-kv": TokenKeyValue}
+    if kind not in ("hidden", "tokens", "token-seq", *layered):
+        raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden', 'tokens', 'token-seq', "
+                         f"'hidden-seq', 'hidden-seq+words', 'hidden-kv' or 'token-kv'")
+    if model is None or tokenizer is None:  # else it fails at the first document, far from the cause
+        raise ValueError(f"the embedding source {spec!r} reads the base model: it needs the model and its tokenizer")
     if kind == "hidden":
         layers = [int(x) for x in rest.rsplit(":", 1)[-1].split(",")] if rest else None
         return HiddenStateEmbedding(model, tokenizer, layers)
@@ -281,10 +288,6 @@ def build_source(spec: str, model: PreTrainedModel | None = None,
         return TokenEmbedding(model, tokenizer)
     if kind == "token-seq":
         return TokenSequence(model, tokenizer)
-    layered = {"hidden-seq": HiddenSequence, "hidden-seq+words": HiddenAndWords, "hidden-kv": HiddenKeyValue,
-               "token-kv": TokenKeyValue}
-    if kind in layered:  # the number last: a layer, or token-kv's window; none: the default
-        number = rest.rsplit(":", 1)[-1]
-        return layered[kind](model, tokenizer, int(number) if number.isdigit() else None)
-    raise ValueError(f"unknown embedding source {spec!r}; use 'sentence', 'hidden', 'tokens', 'token-seq', "
-                     f"'hidden-seq', 'hidden-seq+words', 'hidden-kv' or 'token-kv'")
+    # the number last: a layer, or token-kv's window; none: the default
+    number = rest.rsplit(":", 1)[-1]
+    return layered[kind](model, tokenizer, int(number) if number.isdigit() else None)

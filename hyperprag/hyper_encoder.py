@@ -25,7 +25,7 @@ from .embeddings import EmbeddingSource, build_source
 from .encoder import DocumentEncoder
 from .errors import HyperpragError
 from .files import write_text_atomic
-from .hypernet import HyperNetConfig, HyperNetwork
+from .hypernet import HyperNetConfig, HyperNetwork, weights_stamp
 from .models import FFNTarget, find_ffn_targets, model_id
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "gemma-3-270m-token-seq-r128-tied-aug"
@@ -92,10 +92,10 @@ class HyperEncoder(DocumentEncoder):
     def key(self) -> str:
         """Names the function from text to adapters: the config (alpha sets the scaling without
         touching a weight), the embedding source and the weights. The weights' hash is kept until
-        a weight or buffer changes (an optimiser step, a load, ``set_center``, a move), so that a
-        store or a result cache is never served adapters of weights that have since changed."""
-        tensors = (*self.hypernet.parameters(), *self.hypernet.buffers())
-        stamp = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
+        a weight or buffer changes (``weights_stamp``: an optimiser step, a load, ``set_center``, a
+        move), so that a store or a result cache is never served adapters of weights that have since
+        changed."""
+        stamp = weights_stamp(self.hypernet)
         if self._digest is None or self._digest[0] != stamp:
             h = hashlib.sha256(json.dumps(self.hypernet.config.to_dict(), sort_keys=True).encode())
             h.update(self.source.id.encode())
@@ -120,6 +120,8 @@ class HyperEncoder(DocumentEncoder):
 
     @torch.inference_mode()
     def encode(self, docs: Sequence[Passage], progress: bool = False) -> list[DocAdapter]:
+        if not docs:
+            return []
         for d in docs:
             if not d.text.strip():
                 raise HyperpragError(f"document '{d.title or d.id}' is empty")

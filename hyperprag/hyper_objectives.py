@@ -28,8 +28,12 @@ from .prompts import build_prompt
 
 
 def lowrank_sq_norm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """||B @ A||_F^2 for A (..., r, in) and B (..., out, r) via r x r Gram matrices: never out x in."""
-    return ((a @ a.transpose(-1, -2)) * (b.transpose(-1, -2) @ b)).sum((-1, -2))
+    """||B @ A||_F^2 for A (..., r, in) and B (..., out, r) via r x r Gram matrices: never out x in.
+    In fp32 whatever the autocast: for the difference of two close deltas (``delta_distance``) the
+    Gram terms cancel, and in bf16 the result came out 0 where it was 2e-3."""
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = a.float(), b.float()
+        return ((a @ a.transpose(-1, -2)) * (b.transpose(-1, -2) @ b)).sum((-1, -2))
 
 
 def delta_distance(a1: torch.Tensor, b1: torch.Tensor, s1: float, a2: torch.Tensor, b2: torch.Tensor,

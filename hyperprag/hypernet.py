@@ -22,8 +22,30 @@ import torch
 from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .models import FFNTarget
+
+# Optimiser steps taken in this process, by any torch optimiser. Fused ones (AdamW(fused=True))
+# update weights in kernels that leave a tensor's version counter as it was, so the counter alone
+# would keep serving what older weights made.
+_optimizer_steps = [0]
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _optimizer_steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def weights_stamp(module: nn.Module) -> tuple:
+    """Changes when a module's weights or buffers may have: each tensor's version counter (in-place
+    ops, as an optimiser step or a load), storage and dtype (a move), and the optimiser steps taken
+    (fused steps bypass the counter), for the caches that are kept until then. Writes through
+    ``.data`` are not seen."""
+    tensors = (*module.parameters(), *module.buffers())
+    return _optimizer_steps[0], tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
 
 
 @dataclass
@@ -302,13 +324,11 @@ class HyperNetwork(nn.Module):
         - ``head_multiplier`` folded into the output maps' weights;
         - at inference, the stored mean B folded into the output maps' bias (one matrix per layer).
 
-        Without autograd the plan is kept until a weight or buffer changes (in place, as an
-        optimiser step, a load or ``set_center`` does, or by a move)."""
+        Without autograd the plan is kept until a weight or buffer changes (``weights_stamp``: in
+        place, as an optimiser step, a load or ``set_center`` does, or by a move)."""
         cfg = self.config
-        tensors = (*self.parameters(), *self.buffers())
-        device = tensors[0].device.type   # a plan built under autocast holds low-precision queries
-        stamp = (centred, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device),
-                 tuple((t._version, t.data_ptr(), t.dtype) for t in tensors))
+        device = self.slot_embed.device.type   # a plan built under autocast holds low-precision queries
+        stamp = (centred, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), weights_stamp(self))
         cached = getattr(self, "_plan_cache", None)
         if not torch.is_grad_enabled() and cached is not None and cached[0] == stamp:
             return cached[1]
@@ -363,13 +383,15 @@ class HyperNetwork(nn.Module):
         # Copy path: the attended tokens' unit vectors times sqrt(d) (entries of order 1, so the gains
         # move a factor at the pace Adam moves a LoRA's own entries, as head_multiplier does for the
         # heads). The slots with a gain come first; the per-token rescaling is applied to their
-        # weights, the smaller tensor. Padding has weight 0, so its (huge) scale adds nothing.
+        # weights, the smaller tensor. A vector of zeros (padding, a key-value source's first key) has
+        # no direction and copies nothing: scaled by 1/1e-12 it overflowed fp16 and gave inf x 0 = NaN.
         copied = sum(s.gain is not None for s in plan.slots)
         if copied:
             copied = 1 if cfg.tie_reads else copied
 
             def attended_units(part: torch.Tensor, part_norms: torch.Tensor) -> torch.Tensor:
-                scale = (part.shape[-1] ** 0.5 / part_norms.clamp_min(1e-12))[:, None, :]
+                scale = (part.shape[-1] ** 0.5 / part_norms.clamp_min(1e-12)).masked_fill(part_norms == 0, 0.0)
+                scale = scale[:, None, :]
                 return ((weights[:, : copied * L * r] * scale) @ part).view(b, copied, L, r, part.shape[-1])
 
             values = tokens[..., d - cfg.copy_dim:] if cfg.copy_dim else tokens

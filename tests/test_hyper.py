@@ -820,3 +820,85 @@ def test_an_empty_document_is_refused_and_the_key_names_the_embedding_source(tmp
     assert provenance_file(final, "heldout_hashes.json") == final / "heldout_hashes.json"
     (final / "heldout_hashes.json").unlink()
     assert provenance_file(final, "heldout_hashes.json") == run / "heldout_hashes.json"
+
+
+def test_delta_distance_is_the_dense_distance_even_under_bf16_autocast():
+    """The reconstruction objective's distance, in low-rank form, against ||s1 B1A1 - s2 B2A2||^2
+    / ||s2 B2A2||^2 computed densely in fp64. Its Gram terms cancel when the two deltas are close:
+    under bf16 autocast (a supported training setting) it came out 0 where it was 2e-3."""
+    from hyperprag.hyper_objectives import delta_distance
+
+    torch.manual_seed(0)
+    a2, b2 = torch.randn(3, 2, 48), torch.randn(3, 40, 2)
+    for noise in (0.5, 0.05, 0.01):
+        a1, b1 = a2 + noise * torch.randn_like(a2), b2 + noise * torch.randn_like(b2)
+        dense = ((2.0 * b1.double() @ a1.double() - 3.0 * b2.double() @ a2.double()).square().sum((-1, -2))
+                 / (3.0 * b2.double() @ a2.double()).square().sum((-1, -2)))
+        assert torch.allclose(delta_distance(a1, b1, 2.0, a2, b2, 3.0).double(), dense, rtol=1e-3)
+        a1, b1 = a2 + noise * torch.randn_like(a2), b2 + noise * torch.randn_like(b2)
+        dense = ((b1.double() @ a1.double() - b2.double() @ a2.double()).square().sum((-1, -2))
+                 / (b2.double() @ a2.double()).square().sum((-1, -2)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = delta_distance(a1, b1, 1.0, a2, b2, 1.0)
+        assert got.dtype == torch.float32 and torch.allclose(got.double(), dense, rtol=1e-2), (noise, got, dense)
+
+
+def test_a_fused_optimiser_step_renews_the_kept_plan_and_the_key(tokenizer):
+    """Fused optimisers update weights in kernels that leave a tensor's version counter alone; the
+    reader's kept plan and the encoder's key must still follow (they did not: the adapters were a
+    mix of old and new weights, under the old key)."""
+    from hyperprag.embeddings import build_source
+
+    model = tiny_model()
+    enc = HyperEncoder.create(model, build_source("token-seq", model, tokenizer), hidden=32, copy_tokens=True)
+    before, key = enc.encode(DOCS)[0], enc.key
+    opt = torch.optim.AdamW(enc.hypernet.parameters(), lr=0.05, fused=True)
+    versions = [p._version for p in enc.hypernet.parameters()]
+    a, b = enc.factors(enc.source.embed([d.text for d in DOCS]))[0][enc.targets[0].name]
+    (a.square().sum() + b.square().sum()).backward()
+    opt.step()
+    assert [p._version for p in enc.hypernet.parameters()] == versions  # what the stamp cannot rely on
+    after = enc.encode(DOCS)[0]
+    enc.hypernet._plan_cache = None
+    fresh = enc.encode(DOCS)[0]
+    name = enc.targets[0].name
+    assert not torch.equal(before.factors[name][0], after.factors[name][0])
+    assert torch.equal(after.factors[name][0], fresh.factors[name][0])
+    assert after.extra["encoder_key"] != key
+
+
+def test_copy_path_copies_nothing_from_a_zero_key_even_in_fp16():
+    """A key-value source's first token has a key of zeros. Its unit vector was taken as the zeros
+    times 1e12, which overflows fp16 to inf, and inf x 0 made every A row NaN."""
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    torch.manual_seed(0)
+    d = 16
+    net = HyperNetwork(HyperNetConfig(embed_dim=2 * d, num_layers=2, roles={"gate": (16, 32), "down": (32, 16)},
+                                      hidden=8, reader="attention", copy_tokens=True, copy_dim=d, copy_keys=True))
+    with torch.no_grad():
+        for g in net.copy_gain.values():
+            g.fill_(1.0)
+    net.eval()
+    x = torch.randn(1, 6, 2 * d)
+    x[0, 0, :d] = 0
+    with torch.no_grad():
+        full = net(x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            half = net(x)
+    for role in full:
+        assert torch.isfinite(half[role][0]).all(), role
+        assert torch.allclose(half[role][0].float(), full[role][0], atol=2e-2, rtol=2e-2), role
+
+
+def test_a_model_reading_source_without_its_tokenizer_is_refused_at_load_and_no_documents_encode_to_none(tmp_path,
+                                                                                                      tokenizer):
+    from hyperprag.embeddings import build_source
+
+    model = tiny_model()
+    HyperEncoder.create(model, build_source("token-seq", model, tokenizer), hidden=32).save_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match="'token-seq:.*' reads the base model: it needs the model and its tokenizer"):
+        HyperEncoder.from_pretrained(tmp_path / "c", model)
+    with pytest.raises(ValueError, match="unknown embedding source 'tokenz'"):
+        build_source("tokenz")
+    assert HyperEncoder.from_pretrained(tmp_path / "c", model, tokenizer).encode([]) == []
