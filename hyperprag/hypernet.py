@@ -103,6 +103,13 @@ class HyperNetConfig:
     # word). Then a slot is a key-value memory from the start, "in this context, say this word",
     # instead of firing on the very word it writes.
     copy_keys: bool = False
+    # Attention reader only: A's output bias is one vector per (layer, rank row), each drawn like a
+    # LoRA's A, on top of the one vector shared by every row. With the shared vector alone every row
+    # of A starts as the same vector (the read term is ~init_scale smaller), gets nearly the same
+    # gradient and stays there: a rank-r adapter of rank 1 (v8: its two A rows parallel,
+    # benchmarks/adapter_rank.md). The pooled heads always had a bias per row. False in
+    # checkpoints before session 34.
+    row_bias: bool = False
 
     @property
     def scaling(self) -> float:
@@ -128,7 +135,7 @@ class ReadSlot(NamedTuple):
     factor: str                   # "a" or "b"
     bottleneck: torch.Tensor | None   # (read_rank, d), or None: full maps
     weight: torch.Tensor          # the output map's, times head_multiplier: (fan, read_rank or d)
-    bias: torch.Tensor            # (fan,), or (L, r, fan) less the stored mean B
+    bias: torch.Tensor            # (fan,), or (L, r, fan): less the stored mean B, or with A's row biases
     gain: torch.Tensor | None     # copy gain (L, r, 1), or None: no copy path
 
 
@@ -146,7 +153,7 @@ class HyperNetwork(nn.Module):
         self.config = config
         if config.reader not in ("pooled", "attention"):
             raise ValueError(f"unknown reader {config.reader!r}; use 'pooled' or 'attention'")
-        for option in ("copy_tokens", "context_kernel", "tie_reads"):
+        for option in ("copy_tokens", "context_kernel", "tie_reads", "row_bias"):
             if getattr(config, option) and config.reader != "attention":
                 raise ValueError(f"{option} needs the attention reader (a per-token embedding source, token-seq)")
         if config.copy_dim is not None and not config.copy_tokens:
@@ -205,7 +212,12 @@ class HyperNetwork(nn.Module):
             for read_map in (self.read_a[role], self.read_b[role]):
                 nn.init.normal_(self._output_of(read_map).weight, std=cfg.init_scale / fan ** 0.5)
                 nn.init.zeros_(self._output_of(read_map).bias)
-            nn.init.uniform_(self._output_of(self.read_a[role]).bias, -1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
+            if not cfg.row_bias:
+                nn.init.uniform_(self._output_of(self.read_a[role]).bias, -1 / fan_in ** 0.5, 1 / fan_in ** 0.5)
+        if cfg.row_bias:
+            self.a_row_bias = nn.ParameterDict({
+                role: nn.Parameter(torch.empty(cfg.num_layers, cfg.rank, fan_in).uniform_(-fan_in ** -0.5, fan_in ** -0.5))
+                for role, (fan_in, _) in cfg.roles.items()})
 
     def _read_map(self, d: int, fan: int) -> nn.Module:
         k = self.config.read_rank
@@ -344,6 +356,8 @@ class HyperNetwork(nn.Module):
             bias = out.bias
             if centred and factor == "b":
                 bias = (bias - self._mean_b_rows(role)).contiguous()     # (L, r, out)
+            if factor == "a" and cfg.row_bias:
+                bias = bias + self.a_row_bias[role]                        # (L, r, in)
             gain = gains[f"{role}_{factor}"][..., None] if f"{role}_{factor}" in gains else None
             slots.append(ReadSlot(role, factor, None if out is read_map else read_map[0].weight,
                                   out.weight * cfg.head_multiplier, bias, gain))

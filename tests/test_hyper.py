@@ -554,19 +554,20 @@ def test_attention_readers_kept_queries_follow_every_weight_change(tokenizer):
         assert not torch.allclose(net(emb)["down"][1], before)
 
 
-@pytest.mark.parametrize("centred,context,source,tied,keys", [
-    (False, None, "token-seq", False, False), (True, None, "token-seq", False, False),
-    (True, 3, "token-seq", False, False), (True, None, "hidden-seq+words:x:1", False, False),
-    (True, None, "token-kv:x:2", True, False), (False, 3, "token-seq", True, False),
-    (True, None, "hidden-kv:x:1", True, True), (False, None, "token-kv:x:2", False, True)])
-def test_attention_reader_computes_its_definition(tokenizer, centred, context, source, tied, keys):
+@pytest.mark.parametrize("centred,context,source,tied,keys,row_bias", [
+    (False, None, "token-seq", False, False, False), (True, None, "token-seq", False, False, True),
+    (True, 3, "token-seq", False, False, False), (True, None, "hidden-seq+words:x:1", False, False, False),
+    (True, None, "token-kv:x:2", True, False, False), (False, 3, "token-seq", True, False, True),
+    (True, None, "hidden-kv:x:1", True, True, False), (False, None, "token-kv:x:2", False, True, False)])
+def test_attention_reader_computes_its_definition(tokenizer, centred, context, source, tied, keys, row_bias):
     """Each generated row against the reader written out plainly for one (role, factor, layer,
     rank): the normalised tokens get their neighbours' context (a per-channel weight for each
     offset in the window, nothing beyond the document's ends), then
     a query (slot + layer + role embeddings; tied reads: rank + layer, the same for every role and
     factor) attends over the keys of those tokens,
     the mix goes through the read map (times head_multiplier), the copy path adds the gain times
-    the attended unit tokens, and at inference the stored mean B is taken off. The forward pass
+    the attended unit tokens, A rows get their own bias (row_bias), and at inference the stored
+    mean B is taken off. The forward pass
     folds all of this (queries split into parts, multiplier and mean in the maps' weights)."""
     from hyperprag.embeddings import build_source
     from hyperprag.hypernet import HyperNetConfig, HyperNetwork
@@ -577,7 +578,7 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
     net = HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32, reader="attention",
                                                    copy_tokens=True, read_rank=4, center=True, head_multiplier=0.5,
                                                    context_kernel=context, copy_dim=copy_dim, tie_reads=tied,
-                                                   copy_keys=keys))
+                                                   copy_keys=keys, row_bias=row_bias))
     emb = src.embed([d.text for d in DOCS])
     with torch.no_grad():
         for p in net.parameters():
@@ -616,6 +617,8 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
                             want = want + net.copy_gain[f"{role}_{factor}"][layer, rank] * (w @ units)
                         if centred and factor == "b":
                             want = want - getattr(net, f"b_mean_{role}")[layer, :, rank]
+                        if row_bias and factor == "a":
+                            want = want + net.a_row_bias[role][layer, rank]
                         got = out[role][f][i, layer, rank]
                         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (role, factor, layer, rank, i)
     if context:
@@ -660,7 +663,7 @@ def test_a_missing_shipped_checkpoint_says_where_it_lives(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("source, kw", [("hash", {}), ("token-seq", {}), ("token-seq", {"center": True}),
                                         ("token-seq", {"copy_tokens": True, "read_rank": 4, "context_kernel": 5}),
-                                        ("token-seq", {"copy_tokens": True, "tie_reads": True})])
+                                        ("token-seq", {"copy_tokens": True, "tie_reads": True, "row_bias": True})])
 def test_every_trained_parameter_gets_a_gradient(tokenizer, source, kw):
     """Several training processes wrap the network in DistributedDataParallel, which fails on the
     second step if a parameter it is to train gets no gradient."""
@@ -797,6 +800,38 @@ def test_a_fresh_network_starts_as_a_lora_does_a_random_and_b_zero(reader):
     bad = [targets[0], targets[0].__class__(targets[0].name + "x", 1, targets[0].role, 7, 9)]
     with pytest.raises(ValueError, match="different shapes across layers"):
         HyperNetConfig.from_targets(bad, 16)
+
+
+@pytest.mark.parametrize("reader, row_bias", [("pooled", False), ("attention", False), ("attention", True)])
+def test_a_fresh_networks_a_rows_start_apart_unless_the_attention_reader_shares_one_bias(tokenizer, reader, row_bias):
+    """A rank-r adapter is r independent rank-1 pieces only if its A rows start apart (a LoRA's A is
+    random). The attention reader's one A bias for every row makes them start as the same vector,
+    and trained from there they stayed so (v8: rank-1 deltas); ``row_bias`` draws a bias per row."""
+    from hyperprag.embeddings import build_source
+    from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+
+    model = tiny_model("gemma3_text")
+    src = HashSource() if reader == "pooled" else build_source("token-seq", model, tokenizer)
+    torch.manual_seed(0)
+    net = HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, reader=reader, hidden=32,
+                                                   rank=4, row_bias=row_bias))
+    with torch.no_grad():
+        out = net(src.embed([d.text for d in DOCS]))
+    for role, (a, _) in out.items():
+        rows = torch.nn.functional.normalize(a, dim=-1)                    # (docs, layers, r, in)
+        cos = (rows @ rows.mT).abs()                                        # every pair of rows
+        off = cos[..., ~torch.eye(4, dtype=torch.bool)]
+        if reader == "attention" and not row_bias:
+            assert off.min() > 0.99, role
+        else:
+            assert off.max() < 0.9, role
+        if row_bias:  # the shared bias starts at 0, the rows' own ones in a LoRA's A range
+            fan_in = net.config.roles[role][0]
+            assert torch.count_nonzero(net._output_of(net.read_a[role]).bias) == 0
+            assert fan_in ** -0.5 >= net.a_row_bias[role].abs().max() > 0.5 * fan_in ** -0.5
+    if row_bias:
+        with pytest.raises(ValueError, match="row_bias needs the attention reader"):
+            HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), 16, row_bias=True))
 
 
 def test_an_empty_document_is_refused_and_the_key_names_the_embedding_source(tmp_path):

@@ -265,20 +265,23 @@ def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_pat
     assert enc.hypernet.b_mean_down.abs().sum() > 0  # the centre, set from batches of the pool
     assert all(g.abs().sum() > 0 for g in enc.hypernet.copy_gain.values())  # the copy gains, from 0, trained
 
-    # A faster network with a bottleneck in the read maps and tied reads, and the token context
-    # added, starts from this one (truncated SVD, each query the mean of the six it replaces,
-    # context at zero), so its first answers are already better than a fresh network's were.
+    # A faster network with a bottleneck in the read maps and tied reads, and the token context and
+    # A's row biases added, starts from this one (truncated SVD, each query the mean of the six it
+    # replaces, context at zero, row biases summing to zero), so its first answers are already
+    # better than a fresh network's were.
     # Two processes: DistributedDataParallel must find a gradient for every trained parameter.
     warm = launch(tmp_path, model_dir, data, 2, steps=3, out="warm", weights="{lm: 1.0, kl: 0.0}",
                   extra=f"center: true\ncopy_tokens: true\nread_rank: 24\ncontext_kernel: 3\ncontext_lr_scale: 4.0\n"
-                        f"tie_reads: true\n"
+                        f"tie_reads: true\nrow_bias: true\n"
                         f"init_from: {tmp_path / 'run' / 'final'}\n",
                   embedding="token-seq")
     assert "initialised from" in (tmp_path / "stdout.txt").read_text()
     assert warm[0]["lm"] < log[0]["lm"] * 0.9, (warm[0]["lm"], log[0]["lm"])
     fast = HyperEncoder.from_pretrained(tmp_path / "warm" / "final", *load_base_model(str(model_dir)))
     assert fast.hypernet.config.read_rank == 24 and fast.hypernet.config.context_kernel == 3
-    assert fast.hypernet.config.tie_reads
+    assert fast.hypernet.config.tie_reads and fast.hypernet.config.row_bias
+    a = next(iter(fast.factors(fast.source.embed(["The Glass Regatta is rowed on Lake Ennisar."]))[0].values()))[0]
+    assert torch.nn.functional.cosine_similarity(a[0], a[1], dim=0).abs() < 0.9  # the rows, parted
     assert fast.hypernet.context.weight.abs().sum() > 0  # the context, from 0, trained
     groups = torch.load(tmp_path / "warm" / "state" / "optimizer.bin", weights_only=True)["param_groups"]
     assert [g["lr_scale"] for g in groups] == [1.0, 4.0] and groups[1]["lr"] == pytest.approx(4 * groups[0]["lr"])

@@ -33,7 +33,9 @@ each batch) gives the hypernetwork its attention reader, ``copy_tokens`` its cop
 ``hidden-seq+words``, ``hidden-kv`` and ``token-kv``), and ``tie_reads`` makes every role and
 factor of a (layer, rank) read the same tokens, so a key (what an A fires on) binds to a value (what
 a B writes); ``copy_keys`` has the copy path copy a ``*-kv`` source's key into A rows and its word
-into B columns.
+into B columns. ``row_bias`` gives each rank row of the attention reader's A its own bias, drawn
+like a LoRA's A; without it the rows start alike and stay alike (v8's rank-2 adapters are
+rank 1, ``benchmarks/adapter_rank.md``).
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
 to k - 1 others. Summed, although retrieval averages generated adapters: the sum adds a part every
 document shares k times, so that part cannot be what answers the question.
@@ -41,7 +43,8 @@ The run checkpoints every ``save_every`` steps and resumes from the last one; ``
 also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning curve.
 ``read_rank`` puts a bottleneck in the attention reader's read maps (faster to run), and
 ``init_from`` starts from a trained checkpoint (a full-map one is factored by truncated SVD; one
-without the context gets it at zero; an untied one is tied, each query the mean of those it replaces).
+without the context gets it at zero; an untied one is tied, each query the mean of those it replaces;
+one without ``row_bias`` gets A row biases that sum to zero over the rows).
 ``first_token_weight`` counts each answer's first word (its first token that is not whitespace)
 that many times in the ``lm`` and ``retrieved`` losses: greedy decoding must pick that word, and
 the mean answer loss, which the tokens after it and the closing newline dilute, can fall a long
@@ -96,7 +99,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
-    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "context_kernel": None, "copy_dim": None, "tie_reads": False, "copy_keys": False, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
+    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "context_kernel": None, "copy_dim": None, "tie_reads": False, "copy_keys": False, "row_bias": False, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "context_lr_scale": 1.0, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64,
@@ -336,14 +339,19 @@ def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> No
     has ``read_rank`` (its maps then start as their truncated SVD: a faster network that keeps what
     the full one learned), or from one without the token context when this run adds it (the context
     starts at zero, so the network starts as the checkpoint), or from an untied one when this run
-    ties its reads (each query starts as the mean of the six it replaces). Anything else differing
-    is refused, naming both."""
+    ties its reads (each query starts as the mean of the six it replaces), or from one without A's
+    row biases when this run adds them. Those start as a LoRA's A draw less its mean over the rows:
+    zero would leave the checkpoint's near-parallel rows as they are, and a mean of zero keeps the
+    sum its parallel rows made, so v8's deltas move by 3% (benchmarks/adapter_rank.md). Anything
+    else differing is refused, naming both."""
     start = HyperEncoder.from_pretrained(ckpt, model, tokenizer, source=source).hypernet
     mine, theirs = encoder.hypernet.config.to_dict(), start.config.to_dict()
     adds_context = theirs["context_kernel"] is None
     ties = mine["tie_reads"] and not theirs["tie_reads"]
+    adds_row_bias = mine["row_bias"] and not theirs["row_bias"]
     differ = sorted(k for k in mine if k != "read_rank" and mine[k] != theirs[k]
-                    and not (k == "context_kernel" and adds_context) and not (k == "tie_reads" and ties))
+                    and not (k == "context_kernel" and adds_context) and not (k == "tie_reads" and ties)
+                    and not (k == "row_bias" and adds_row_bias))
     if differ:
         sys.exit(f"init_from {ckpt}: its hypernetwork differs from this config's in {differ}: "
                  + ", ".join(f"{k} {theirs[k]} there, {mine[k]} here" for k in differ))
@@ -352,6 +360,9 @@ def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> No
         state["context.weight"] = encoder.hypernet.context.weight.detach().clone()  # zeros
     if ties:
         state = start.tied_state(state, mine["rank"])
+    if adds_row_bias:  # this run's own draw, less its mean over the rows (see the docstring)
+        state |= {f"a_row_bias.{role}": (p - p.mean(1, keepdim=True)).detach()
+                  for role, p in encoder.hypernet.a_row_bias.items()}
     if mine["read_rank"] == theirs["read_rank"]:
         encoder.hypernet.load_state_dict(state)
     elif theirs["read_rank"] is None:
@@ -423,7 +434,7 @@ def main() -> None:
                                       head_multiplier=head_mult, center=cfg["center"], copy_tokens=cfg["copy_tokens"],
                                       read_rank=cfg["read_rank"], context_kernel=cfg["context_kernel"],
                                       copy_dim=cfg["copy_dim"], tie_reads=cfg["tie_reads"],
-                                      copy_keys=cfg["copy_keys"])
+                                      copy_keys=cfg["copy_keys"], row_bias=cfg["row_bias"])
     except ValueError as err:
         sys.exit(f"{args.config}: {err}")
     if cfg["init_from"]:

@@ -1,0 +1,40 @@
+"""benchmarks/adapter_rank.py: how much of an adapter's rank it uses."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import random_adapter, tiny_model
+from hyperprag.models import find_ffn_targets
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from adapter_rank import beyond_top, rank_use  # noqa: E402
+
+
+def test_energy_beyond_the_top_direction_is_that_of_the_dense_delta():
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 40), torch.randn(24, 3)
+    s2 = torch.linalg.svdvals(b.double() @ a.double()).square()
+    assert beyond_top(a, b) == pytest.approx(float(1 - s2[0] / s2.sum()), rel=1e-9)
+    # one rank-1 piece twice over uses one direction; two orthogonal pieces of equal size use two halves
+    assert beyond_top(torch.stack([a[0], 2 * a[0]]), b[:, :2]) == pytest.approx(0.0, abs=1e-9)
+    eye = torch.eye(4)
+    assert beyond_top(eye[:2], eye[:, :2]) == pytest.approx(0.5)
+
+
+def test_rank_use_reads_each_role_from_the_targets_and_sees_parallel_rows():
+    model = tiny_model()
+    roles = {t.name: t.role for t in find_ffn_targets(model)}
+    spread = random_adapter(model, seed=1)
+    parallel = random_adapter(model, seed=1)
+    for name, (a, b) in parallel.factors.items():
+        parallel.factors[name] = (torch.stack([a[0], -3 * a[0]]), b)
+    got, flat = rank_use([spread], roles), rank_use([parallel], roles)
+    assert set(got) == set(roles.values())
+    for role in got:
+        assert got[role]["a_cos"] < 0.5 and got[role]["beyond_top"] > 0.05
+        assert flat[role]["a_cos"] == pytest.approx(1.0) and flat[role]["beyond_top"] == pytest.approx(0.0, abs=1e-9)
+        assert flat[role]["b_cos"] == pytest.approx(got[role]["b_cos"])  # only A was made parallel
+    with pytest.raises(SystemExit, match="rank 1"):
+        rank_use([random_adapter(model, rank=1)], roles)
