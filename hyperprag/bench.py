@@ -206,7 +206,7 @@ def run_bench(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, datase
     first_merged = merged[first.name]
     results["timing_dataset"] = first.name
     timing_key = fingerprint(base, results["encoders"], results["settings"],
-                             [content_hash(p.text) for p in first.passages[: settings.cost_docs]])
+                             [content_hash(p.text) for p in first.passages[: max(settings.cost_docs, 1)]])
     results["cost_seconds_per_doc"] = work.stage(
         "cost", timing_key, lambda: encoder_cost(model, tokenizer, encoders, first.passages, settings))
     results["bytes_per_doc"] = {n: statistics.median(r.bytes for r in store.records()
