@@ -410,3 +410,303 @@ def test_exact_cost_is_timed_on_what_encode_trains_on(tokenizer, monkeypatch):
     long_doc = Passage("T", " ".join(f"word{i}" for i in range(200)))
     encoder_cost(model, tokenizer, {"exact": enc}, [long_doc], BenchSettings(cost_docs=1, progress=False))
     assert seen == [enc._truncate(long_doc)[0].text] and len(seen[0]) < len(long_doc.text)
+
+
+def _fake_bench(tmp_path, monkeypatch, f1, encoder_keys=("exact-key", "hyper-key"), passage="Passage {}.",
+                cost=lambda *a: {}, **settings):
+    """run_bench with every answer faked: ``f1`` gives each mode's per-question F1 (``MODE-wrongdoc``
+    the ablation's), so every figure can be checked against sums done by hand. Returns the results
+    and, per answer_all call, the mode, whether it was the ablation, the adapters and the file."""
+    from types import SimpleNamespace
+
+    from hyperprag.bench import BenchSettings, Dataset
+    from hyperprag.data import Passage, QAExample
+
+    n = len(f1["closed"])
+    examples = [QAExample(f"q{i}", f"Question {i}?", [f"a{i}"], []) for i in range(n)]
+    ds = Dataset("d", "d.jsonl", examples, [[Passage(f"T{i}", passage.format(i))] for i in range(n)])
+    encoders = {name: SimpleNamespace(key=key, merge=merge, base_model="tiny")
+                for name, key, merge in zip(("exact", "hyper"), encoder_keys, ("sum", "mean"))}
+    calls = []
+
+    def merged(retrieved, store, enc, method, progress):
+        return [SimpleNamespace(doc_hash=f"{enc.key}/{method}/{i}", extra={}) for i in range(len(retrieved))]
+
+    def answer_all(model, tokenizer, ds, mode, adapters, path, settings, label):
+        wrong = "wrong document" in label
+        calls.append({"mode": mode, "wrong": wrong, "adapters": adapters, "path": path.name})
+        return [{"id": ex.id, "prediction": "p", "answers": ex.answers, "em": float(s == 1), "f1": s,
+                 "seconds": 0.1, "type": None} for ex, s in zip(ds.examples, f1[mode + "-wrongdoc" * wrong])]
+
+    monkeypatch.setattr(bench_mod, "merged_adapters", merged)
+    monkeypatch.setattr(bench_mod, "answer_all", answer_all)
+    monkeypatch.setattr(bench_mod, "encoder_cost", cost)
+    monkeypatch.setattr("hyperprag.plots.write_plots", lambda results, out: {})
+    store = SimpleNamespace(records=lambda: [SimpleNamespace(bytes=100, encoder=e.key, base_model="tiny")
+                                             for e in encoders.values()])
+    s = BenchSettings(progress=False, cost_docs=0, latency_queries=0, throughput_queries=0, similarity_docs=0,
+                      **settings)
+    res = bench_mod.run_bench(SimpleNamespace(hyperprag_model_id="tiny"), None, [ds], encoders, store,
+                              tmp_path / "out", s)
+    return res, calls
+
+
+def _plus(xs, d):
+    return [x + d for x in xs]
+
+
+CLOSED, RAG = [0.0, 0.0, 0.5, 0.0], [0.6, 0.6, 0.8, 0.4]  # rag - closed: 0.475 on average, above 0 on each
+FAKE_F1 = {"closed": CLOSED, "rag": RAG, "prag": _plus(CLOSED, 0.15), "hyper": _plus(CLOSED, 0.3),
+           "prag-combine": _plus(RAG, 0.1), "hyper-combine": _plus(RAG, 0.2),
+           "prag-wrongdoc": CLOSED, "hyper-wrongdoc": _plus(CLOSED, 0.075),
+           "prag-combine-wrongdoc": _plus(RAG, 0.1), "hyper-combine-wrongdoc": _plus(RAG, 0.05)}
+
+
+def test_bench_figures_are_the_shares_and_lifts_of_the_right_answers(tmp_path, monkeypatch):
+    """Each figure the bar is stated in, from answers whose F1 is set by hand: the gap is rag over
+    closed, a share is of that gap, a -combine mode's lift is over rag, and the ablation answers
+    with other questions' adapters of the mode's own encoder."""
+    approx = pytest.approx
+    res, calls = _fake_bench(tmp_path, monkeypatch, FAKE_F1)
+    ds = res["datasets"]["d"]
+    assert {m: r["f1"] for m, r in ds["modes"].items()} == approx({m: sum(v) / 4 for m, v in FAKE_F1.items()
+                                                                   if "wrongdoc" not in m})
+    iv = ds["intervals"]
+    assert iv["gap"][0] == approx(0.475) and 0 < iv["gap"][1] <= iv["gap"][0] <= iv["gap"][2]
+    assert iv["gap_share"]["hyper"][0] == approx(0.3 / 0.475) and iv["gap_share"]["prag"][0] == approx(0.15 / 0.475)
+    assert iv["hyper_minus_prag"] == approx([0.15, 0.15, 0.15])  # the same difference on every question
+    wd = ds["wrong_document"]
+    for mode, baseline, lift, lost in [("hyper", "closed", 0.3, 0.75), ("prag", "closed", 0.15, 1.0),
+                                       ("hyper-combine", "rag", 0.2, 0.75), ("prag-combine", "rag", 0.1, 0.0)]:
+        w = wd[mode]
+        assert w["baseline"] == baseline and w["lift"] == approx(lift) and w["share_of_lift_lost"] == approx(lost, abs=1e-9)
+        assert w["lift_interval"] == approx([lift, lift]) and w["share_of_lift_lost_interval"] == approx([lost, lost], abs=1e-9)
+        assert w["f1"] == approx(sum(FAKE_F1[f"{mode}-wrongdoc"]) / 4)
+    # every mode got its own encoder's adapters, question by question; the ablation another question's
+    own = {c["mode"]: c["adapters"] for c in calls if not c["wrong"]}
+    assert own["closed"] is None and own["rag"] is None
+    for mode in ("prag", "prag-combine", "hyper", "hyper-combine"):
+        key = "hyper-key" if mode.startswith("hyper") else "exact-key"
+        assert [a.doc_hash for a in own[mode]] == [f"{key}/{'mean' if key == 'hyper-key' else 'sum'}/{i}" for i in range(4)]
+        [wrong] = [c["adapters"] for c in calls if c["wrong"] and c["mode"] == mode]
+        assert all(w.doc_hash.startswith(key) and w is not o for w, o in zip(wrong, own[mode]))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "d: `hyper` closes 63% [" in report
+    assert "| hyper-combine | 0.800 | 0.650 | +0.200 (rag) | 0.75 [0.75, 0.75] |" in report
+
+
+def test_bench_answers_are_redone_when_what_they_depend_on_changes(tmp_path, monkeypatch):
+    """An answer file is named by everything its answers depend on: other new tokens, another
+    encoder or another merge are answered anew; what they do not touch is kept."""
+    def paths(**kw):
+        _, calls = _fake_bench(tmp_path, monkeypatch, FAKE_F1, **kw)
+        return {(c["mode"], c["wrong"]): c["path"] for c in calls}
+
+    base = paths()
+    assert len(set(base.values())) == len(base) == 10
+    tokens = paths(max_new_tokens=5)
+    assert all(tokens[k] != base[k] for k in base)
+    hyper_changed = {k for k, v in paths(encoder_keys=("exact-key", "hyper-key-2")).items() if v != base[k]}
+    assert hyper_changed == {(m, w) for m in ("hyper", "hyper-combine") for w in (False, True)}
+    merge_changed = {k for k, v in paths(merge="sum").items() if v != base[k]}  # exact merges by sum already
+    assert merge_changed == hyper_changed
+
+
+def test_answer_all_resumes_with_each_later_questions_own_adapter(tmp_path, monkeypatch):
+    from hyperprag.bench import BenchSettings, Dataset, answer_all
+    from hyperprag.data import QAExample
+
+    ex = [QAExample(f"q{i}", f"Q{i}?", [f"a{i}"], []) for i in range(5)]
+    path = tmp_path / "answers.jsonl"  # the first batch was answered before a kill
+    path.write_text("".join(json.dumps({"id": e.id, "answers": e.answers, "prediction": e.answers[0]}) + "\n"
+                            for e in ex[:2]))
+    seen = []
+
+    def evaluate(model, tokenizer, examples, mode, retrieved, bs, max_new_tokens, progress, adapters):
+        seen.append(([e.id for e in examples], adapters))
+        return {"predictions": [{"id": e.id, "answers": e.answers, "prediction": a, "em": 0.0, "f1": 0.0}
+                                for e, a in zip(examples, adapters)]}
+
+    monkeypatch.setattr(bench_mod, "evaluate", evaluate)
+    records = answer_all(None, None, Dataset("d", "d.jsonl", ex, [[] for _ in ex]), "prag",
+                         [f"adapter{i}" for i in range(5)], path, BenchSettings(batch_size=2, progress=False), "prag")
+    assert seen == [(["q2", "q3"], ["adapter2", "adapter3"]), (["q4"], ["adapter4"])]
+    assert [r["id"] for r in records] == [e.id for e in ex]
+
+
+def test_similarity_counts_the_titles_of_the_passages_it_compares():
+    from types import SimpleNamespace
+
+    from conftest import random_adapter, tiny_model
+    from hyperprag.bench import Dataset
+    from hyperprag.data import Passage, QAExample
+
+    model = tiny_model()
+    ps = [Passage("T0", "First."), Passage("T0", "Second."), Passage("T1", "Third.")]
+    ds = Dataset("d", "d.jsonl", [QAExample("q", "Q?", ["a"], [])], [ps])
+    store = SimpleNamespace(get_or_encode=lambda docs, enc, progress: [random_adapter(model, seed=i, doc=d.text)
+                                                                       for i, d in enumerate(docs)])
+    sim = bench_mod._similarity(ds, {"hyper": object()}, store, 2)["hyper"]
+    assert len(sim["matrix"]) == 2 and sim["distinct_titles"] == 1  # T1's passage is not among the first two
+
+
+class _Clock:
+    """time as bench sees it: it advances only when a fake says the work took so long."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_latency_and_throughput_are_per_query_figures_the_right_way_up(monkeypatch):
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from hyperprag.bench import BenchSettings, Dataset, batch_throughput, query_latency
+    from hyperprag.data import Passage, QAExample
+    from hyperprag.evaluate import get_mode
+
+    clock, injected = _Clock(), []
+    monkeypatch.setattr(bench_mod, "time", clock)
+
+    @contextmanager
+    def inject(model, adapters):
+        injected.append(adapters)
+        yield
+
+    def generate(model, tokenizer, prompts, max_new_tokens, stop):
+        # 1 s a query; twice as long with an adapter, three times with passages in the prompt
+        clock.now += len(prompts) * (2.0 if injected[-1] is not None else 1.0) * (3.0 if "Context:" in prompts[0] else 1.0)
+        return [""] * len(prompts)
+
+    def encode(ps):
+        clock.now += 5.0
+        return ps
+
+    monkeypatch.setattr(bench_mod, "inject", inject)
+    monkeypatch.setattr(bench_mod, "generate_completions", generate)
+    monkeypatch.setattr(bench_mod, "merge_adapters", lambda ads, method: "merged on the fly")
+    ex = [QAExample(f"q{i}", f"Q{i}?", ["a"], []) for i in range(4)]
+    ds = Dataset("d", "d.jsonl", ex, [[Passage("T", f"P{i}.")] for i in range(4)])
+    merged = {"hyper": [f"h{i}" for i in range(4)]}
+    settings = BenchSettings(repeats=1, latency_queries=2, throughput_queries=4, progress=False)
+    lat = query_latency(None, None, ds, merged, {"hyper": SimpleNamespace(encode=encode)},
+                        [get_mode(m) for m in ("closed", "rag", "hyper")], "mean", settings)
+    ratio = lat.pop("ratio_to_rag")
+    assert lat == pytest.approx({"closed": 1.0, "rag": 3.0, "hyper": 2.0, "hyper+encode": 7.0})
+    assert ratio == pytest.approx({"closed": 1 / 3, "hyper": 2 / 3, "hyper+encode": 7 / 3})
+    assert injected == [None, None, "h0", "merged on the fly", None, None, "h1", "merged on the fly"]
+    thr = batch_throughput(None, None, ds, merged, settings)
+    assert thr.pop("ratio_to_plain") == pytest.approx({"per_row_hyper": 0.5})
+    assert thr == pytest.approx({"plain": 1.0, "per_row_hyper": 0.5, "batch": 4})
+
+
+def test_hyper_cost_is_seconds_per_document(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from hyperprag.data import Passage
+
+    clock = _Clock()
+    monkeypatch.setattr(bench_mod, "time", clock)
+
+    def advance(seconds, value=None):
+        clock.now += seconds
+        return value
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, emb):
+            return advance(0.5 * len(emb))
+
+    hyper = SimpleNamespace(hypernet=Net(), encode=lambda docs: advance(1.0 * len(docs)),
+                            source=SimpleNamespace(embed=lambda texts: advance(0.25 * len(texts), torch.zeros(len(texts), 1))))
+    docs = [Passage("T", f"Document {i}.") for i in range(3)]
+    assert bench_mod.hyper_cost(hyper, docs, repeats=2) == pytest.approx(
+        {"batch1": 1.0, "batch64": 1.0, "embed64": 0.25, "hypernet64": 0.5})
+
+
+def test_exact_over_hyper_is_how_many_times_cheaper_generating_is(tokenizer, monkeypatch):
+    from conftest import tiny_model
+    from hyperprag.augment import Augmentation, Augmenter
+    from hyperprag.bench import BenchSettings, encoder_cost
+    from hyperprag.data import Passage
+    from hyperprag.exact import ExactEncoder, LoraTrainConfig
+
+    clock = _Clock()
+    monkeypatch.setattr(bench_mod, "time", clock)
+
+    def augment(self, docs, progress=False):
+        clock.now += 3.0
+        return [Augmentation("h")]
+
+    def train(self, sequences):
+        clock.now += 5.0
+
+    monkeypatch.setattr(Augmenter, "augment", augment)
+    monkeypatch.setattr(ExactEncoder, "train", train)
+    monkeypatch.setattr(bench_mod, "hyper_cost", lambda hyper, docs, repeats: {"batch1": 0.04, "batch64": 0.002})
+    model = tiny_model()
+    enc = ExactEncoder(model, tokenizer, LoraTrainConfig())
+    out = encoder_cost(model, tokenizer, {"exact": enc, "hyper": object()}, [Passage("T", "A short fact.")],
+                       BenchSettings(cost_docs=1, progress=False))
+    assert out["exact"] == pytest.approx({"augment": 3.0, "train": 5.0, "total": 8.0, "n_docs": 1})
+    assert out["exact_over_hyper"] == pytest.approx({"batch1": 200.0, "batch64": 4000.0})
+
+
+def test_report_puts_each_figure_in_its_column(tmp_path):
+    from hyperprag.report import write_report
+
+    modes = {m: {"n": 2, "em": em, "f1": f1, "seconds_per_question": 0.5}
+             for m, em, f1 in [("closed", 0.1, 0.2), ("rag", 0.3, 0.6), ("prag", 0.15, 0.3), ("hyper", 0.2, 0.4)]}
+    wrong = {"f1": 0.25, "baseline": "closed", "lift": 0.2, "share_of_lift_lost": 0.75,
+             "share_of_lift_lost_interval": [0.5, 1.0], "lift_interval": [0.0, 0.4]}
+    results = {"versions": {k: "x" for k in ("hyperprag", "git_commit", "torch", "transformers", "peft", "python",
+                                               "machine")},
+               "base_model": "tiny", "encoders": {"hyper": "hyper-key"}, "merge": {"hyper": "mean"},
+               "settings": {"batch_size": 2, "max_new_tokens": 3}, "options": {}, "timing_dataset": "d",
+               "datasets": {"d": {"path": "d.jsonl", "n_questions": 2, "n_passages": 2, "n_titles": 2,
+                                  "modes": modes, "wrong_document": {"hyper": wrong}}},
+               "cost_seconds_per_doc": {"exact_over_hyper": {"batch1": 200.0, "batch64": 3000.0}},
+               "latency_seconds": {"closed": 0.1, "rag": 0.2, "ratio_to_rag": {"closed": 0.5}},
+               "throughput_q_per_s": {"batch": 2, "plain": 10.0, "per_row_hyper": 5.0,
+                                      "ratio_to_plain": {"per_row_hyper": 0.5}}}
+    text = write_report(results, tmp_path, {}).read_text()
+    assert "| hyper | 0.400 (0.20) |" in text  # the headline: F1 (EM)
+    assert "| hyper | 0.200 | 0.400 | 0.50 |" in text  # EM | F1 | s/question
+    assert "d: generated adapters beat trained ones by 0.100 F1 (hyper 0.400 vs prag 0.300)." in text
+    assert "200x cheaper than training one at batch 1 and 3,000x at batch 64" in text
+    # a lift interval that starts at zero is a lift not clearly above zero: no share of it is printed
+    assert "| hyper | 0.400 | 0.250 | +0.200 (closed) | not measured (lift [+0.000, +0.400]) |" in text
+    assert "| closed | 0.100 | 0.50 |" in text and "| per_row_hyper | 5.00 | 0.50 |" in text
+
+
+def test_distinct_passages_are_told_apart_by_their_text_not_their_title():
+    """Wikipedia passages share their article's title: each is still its own document to count,
+    time and compare."""
+    from hyperprag.bench import Dataset
+    from hyperprag.data import Passage, QAExample
+
+    ex = [QAExample(f"q{i}", f"Q{i}?", ["a"], []) for i in range(2)]
+    ds = Dataset("d", "d.jsonl", ex, [[Passage("T", "One."), Passage("T", "Two.")], [Passage("T", "One.")]])
+    assert [p.text for p in ds.passages] == ["One.", "Two."]
+
+
+def test_the_cost_is_measured_again_for_another_timed_passage_when_no_exact_cost_is_asked(tmp_path, monkeypatch):
+    """With --cost-docs 0 the hyper encoder is still timed on the first passage; its cost was kept
+    under a name that left that passage out, so a rerun on other data reused the old figure."""
+    timed = []
+
+    def cost(model, tokenizer, encoders, passages, settings):
+        timed.append(passages[0].text)
+        return {}
+
+    for text in ("Passage {}.", "Passage {}.", "Another passage {}."):
+        _fake_bench(tmp_path, monkeypatch, FAKE_F1, passage=text, cost=cost)
+    assert timed == ["Passage 0.", "Another passage 0."]

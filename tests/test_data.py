@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from hyperprag.data import DataError, load_questions, passages_of, read_corpus, read_qa_jsonl
+from hyperprag.data import DataError, Passage, load_questions, passages_of, read_corpus, read_qa_jsonl
 
 
 def _write(tmp_path, name, lines):
@@ -146,5 +146,69 @@ def test_passages_of_a_bad_question_file_reports_the_question_error(tmp_path):
     with pytest.raises(DataError, match=r"q.jsonl:2: field 'answers'"):
         passages_of(path)
     corpus = _write(tmp_path, "c.jsonl", [json.dumps({"title": "A", "text": "a"}), json.dumps({"title": "B"})])
+    with pytest.raises(DataError, match=r"c.jsonl:2: passage has no 'text'"):
+        passages_of(corpus)
+
+
+def test_last_line_without_a_newline_and_every_passage_are_read(tmp_path):
+    path = tmp_path / "q.jsonl"
+    two = json.dumps({"id": "q2", "question": "Where?", "answers": ["Z"],
+                      "passages": [{"title": "A", "text": "a."}, {"title": "B", "text": "b.", "id": 5}]})
+    path.write_text(GOOD + "\n" + two)  # no newline at the end
+    _, second = read_qa_jsonl(path)
+    assert (second.id, second.question, second.answers) == ("q2", "Where?", ["Z"])
+    assert second.passages == [Passage("A", "a."), Passage("B", "b.", "5")]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "x"}\n{"text": "y"}')
+    assert [p.id for p in read_corpus(corpus)] == ["c-1", "c-2"]
+
+
+def test_a_blank_question_is_refused(tmp_path):
+    path = _write(tmp_path, "q.jsonl", [json.dumps({"question": " \t", "answers": ["a"]})])
+    with pytest.raises(DataError, match=r"q.jsonl:1: field 'question' is empty"):
+        read_qa_jsonl(path)
+
+
+def test_native_hotpot_keeps_question_answer_and_id_apart(tmp_path):
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps([{"_id": "h1", "question": "Which is older?", "answer": "Ennisar",
+                                 "context": [["T1", ["S one."]]]}]))
+    [ex] = load_questions(path)
+    assert (ex.id, ex.question, ex.answers, ex.dataset) == ("h1", "Which is older?", ["Ennisar"], "hotpotqa")
+
+
+def test_native_squad_doc_id_names_article_and_paragraph(tmp_path):
+    para = lambda n: {"context": f"Paragraph {n}.", "qas": [{"id": f"q{n}", "question": "Which?",  # noqa: E731
+                                                              "answers": [{"text": "Paragraph"}]}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"title": "A", "paragraphs": [para(0), para(1)]},
+                                         {"title": "B", "paragraphs": [para(2)]}]}))
+    assert [ex.doc_id for ex in load_questions(path)] == ["A#0", "A#1", "B#0"]
+
+
+def test_passages_of_a_question_file_are_distinct_and_skip_the_first_questions(tmp_path):
+    def row(qid, *texts):
+        return json.dumps({"id": qid, "question": "q?", "answers": ["a"],
+                           "passages": [{"title": t, "text": t + " text."} for t in texts]})
+
+    path = _write(tmp_path, "q.jsonl", [row("1", "A", "B"), row("2", "B", "C"), row("3", "C", "D")])
+    assert [p.title for p in passages_of(path)] == ["A", "B", "C", "D"]
+    # question 1's passages are left out even where a later question shares them
+    assert [p.title for p in passages_of(path, skip_first=1)] == ["C", "D"]
+
+
+def test_spread_questions_takes_per_doc_questions_of_each_passage_up_to_n():
+    from hyperprag.data import QAExample, spread_questions
+
+    examples = [QAExample(f"{d}{i}", "q?", ["a"], doc_id=d) for d in "xyz" for i in range(3)]
+    assert [ex.id for ex in spread_questions(examples, None, 2)] == ["x0", "x1", "y0", "y1", "z0", "z1"]
+    assert [ex.id for ex in spread_questions(examples, 3, 1)] == ["x0", "y0", "z0"]
+    assert [ex.id for ex in spread_questions(examples, 4, None)] == ["x0", "x1", "x2", "y0"]
+
+
+def test_passages_of_a_corpus_whose_rows_have_a_question_field_reports_the_passage_error(tmp_path):
+    """Only a first row with both 'question' and 'answers' makes a file read as questions."""
+    corpus = _write(tmp_path, "c.jsonl", [json.dumps({"title": "A", "text": "a", "question": "meta"}),
+                                          json.dumps({"title": "B"})])
     with pytest.raises(DataError, match=r"c.jsonl:2: passage has no 'text'"):
         passages_of(corpus)

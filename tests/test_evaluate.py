@@ -330,3 +330,54 @@ def test_cli_hyper_modes_with_a_checkpoint(tmp_path, tokenizer, monkeypatch, mod
     assert json.loads((tmp_path / "r.json").read_text())["n"] == 3
     records = AdapterStore(tmp_path / "store").records()
     assert len(records) == 5 and all(r.encoder.startswith("hyper-v1-") for r in records)
+
+
+def _answer_as_the_injected_adapter_says(monkeypatch, clock=None):
+    """evaluate with inject and generation faked: each row answers what its injected adapter (a
+    string here) holds, so an answer is right only with its own question's adapter. Generating
+    takes one second a question on ``clock``."""
+    from contextlib import contextmanager
+
+    import hyperprag.evaluate as ev
+
+    seen = {"rows": [], "prompts": []}
+
+    @contextmanager
+    def inject(model, rows):
+        seen["rows"].append(rows)
+        yield
+
+    def answer(model, tokenizer, prompts, max_new_tokens):
+        seen["prompts"].extend(prompts)
+        if clock is not None:
+            clock[0] += len(prompts)
+        rows = seen["rows"][-1]
+        return list(rows) if rows is not None else [""] * len(prompts)
+
+    monkeypatch.setattr(ev, "inject", inject)
+    monkeypatch.setattr(ev, "generate_answers", answer)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["prag", "prag-combine"])
+def test_parametric_modes_answer_each_question_with_its_own_adapter(mode, monkeypatch):
+    seen = _answer_as_the_injected_adapter_says(monkeypatch)
+    # the second question's gold answer is its second alias: any alias counts
+    examples = [QAExample(e.id, e.question, answers, e.passages)
+                for e, answers in zip(EXAMPLES, [["Amberlin Codex"], ["the Lake", "Glass Regatta"], ["nobody"]])]
+    result = evaluate(None, None, examples, mode, retrieve_all(examples, top_k=1), batch_size=2, progress=False,
+                      adapters=["Amberlin Codex", "Glass Regatta", "nobody"])
+    assert seen["rows"] == [["Amberlin Codex", "Glass Regatta"], ["nobody"]]
+    assert [r["em"] for r in result["predictions"]] == [1.0, 1.0, 1.0] and result["f1"] == 1.0
+    assert all(("[1] " in p) == (mode == "prag-combine") for p in seen["prompts"])
+
+
+def test_seconds_per_question_divide_each_batch_by_its_own_questions(monkeypatch):
+    import hyperprag.evaluate as ev
+
+    clock = [0.0]
+    _answer_as_the_injected_adapter_says(monkeypatch, clock)
+    monkeypatch.setattr(ev, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    result = evaluate(None, None, EXAMPLES, "closed", retrieve_all(EXAMPLES, top_k=1), batch_size=2, progress=False)
+    # one second a question, the last batch holding one question of two
+    assert [r["seconds"] for r in result["predictions"]] == [1.0, 1.0, 1.0] and result["seconds_per_question"] == 1.0

@@ -253,9 +253,10 @@ def test_converged_recipe_takes_one_full_batch_step_per_epoch(tokenizer, monkeyp
     assert _qa_loss(model, tokenizer, enc, ad) < _qa_loss(model, tokenizer, enc) - 0.05
 
 
-def test_augmentation_dtype_keeps_the_keys_written_before_it_and_names_its_own(tmp_path, tokenizer):
+def test_augmentation_dtype_keeps_the_keys_written_before_it_and_names_its_own(tmp_path, tokenizer, monkeypatch):
     from hyperprag.exact import RECIPES
 
+    monkeypatch.setenv("HYPERPRAG_CACHE", str(tmp_path / "cache"))  # the default caches below, not the user's
     model = tiny_model()
 
     def key(**aug):
@@ -265,8 +266,8 @@ def test_augmentation_dtype_keeps_the_keys_written_before_it_and_names_its_own(t
     # Adapters in stores trained before the dtype option existed (session 14's converged recipe).
     assert key() == "exact-v1-2680f10f35" and key(n_rewrites=0) == "exact-v1-c72a678c92"
     assert key(dtype="bfloat16") != key()
-    caches = {Augmenter(model, tokenizer, AugmentConfig(dtype=d)).cache.name for d in ("float32", "bfloat16")}
-    assert len(caches) == 2
+    caches = {Augmenter(model, tokenizer, AugmentConfig(dtype=d)).cache for d in ("float32", "bfloat16")}
+    assert len(caches) == 2 and all(c.parent == tmp_path / "cache" / "augment" for c in caches)
     with pytest.raises(HyperpragError, match="bfloat16"):
         AugmentConfig(dtype="float16")
 
@@ -280,3 +281,163 @@ def test_bf16_augmentation_writes_with_a_copy_and_leaves_the_model_as_loaded(tmp
     cached = Augmenter(model, tokenizer, AugmentConfig(max_retries=0, dtype="bfloat16"), cache=tmp_path)
     assert cached.augment([DOC], progress=False) == [first] and cached._generator is None  # no copy made
     assert Augmenter(model, tokenizer, cache=tmp_path / "f32").generator is model
+
+
+def test_encoding_twice_starts_again_from_the_untouched_initial_lora(tokenizer):
+    """Training must work on copies of the shared initial factors: trained in place, the next
+    document would start from the last one's LoRA (and the first adapter would share its storage)."""
+    enc, _ = make_encoder(tokenizer, lr=1e-2)
+    init = {n: (a.clone(), b.clone()) for n, (a, b) in enc.init_factors.items()}
+    [first] = enc.encode([DOC])
+    first_b = {n: b.clone() for n, (_, b) in first.factors.items()}
+    [second] = enc.encode([DOC])
+    for name, (a, b) in enc.init_factors.items():
+        assert torch.equal(a, init[name][0]) and torch.equal(b, init[name][1])
+        assert torch.equal(second.factors[name][1], first_b[name]) and first_b[name].abs().max() > 1e-3
+
+
+def test_each_step_is_one_adamw_step_on_fresh_gradients_of_the_mean_token_loss(tokenizer):
+    """Two epochs of one sequence are two plain AdamW steps (no weight decay) on the model's own mean
+    next-token loss with the adapter hooked in at alpha / r, gradients cleared between steps."""
+    from hyperprag.inject import lora_hooks
+
+    seq = training_sequences(DOC, AUG)[0]
+    enc, model = make_encoder(tokenizer, lr=1e-2, epochs=2)
+    trained = enc.train([seq])
+    params = {n: (a.clone().requires_grad_(True), b.clone().requires_grad_(True))
+              for n, (a, b) in enc.init_factors.items()}
+    optim = torch.optim.AdamW([t for ab in params.values() for t in ab], lr=1e-2, weight_decay=0.0)
+    batch = enc._collate([enc._tokenize(seq)])
+    for _ in range(2):
+        with torch.enable_grad(), lora_hooks(model, params, scaling=16.0):
+            model(**batch).loss.backward()
+        optim.step()
+        optim.zero_grad()
+    for name, (a, b) in params.items():
+        assert torch.allclose(trained[name][0], a, rtol=0, atol=1e-7)
+        assert torch.allclose(trained[name][1], b, rtol=0, atol=1e-7) and b.abs().max() > 1e-3
+
+
+def test_seeds_choose_the_data_order_and_the_initial_lora(tokenizer):
+    enc, _ = make_encoder(tokenizer, batch_size=2)
+    batches = enc._batches(7)
+    assert [len(b) for b in batches] == [2, 2, 2, 1] and sorted(i for b in batches for i in b) == list(range(7))
+    assert make_encoder(tokenizer, batch_size=2)[0]._batches(7) == batches
+    assert make_encoder(tokenizer, batch_size=2, seed=1)[0]._batches(7) != batches
+    other = make_encoder(tokenizer, init_seed=7)[0]
+    name = next(iter(enc.init_factors))
+    assert not torch.equal(other.init_factors[name][0], enc.init_factors[name][0])
+
+
+def test_dropout_reaches_training_and_is_seeded(tokenizer):
+    plain = make_encoder(tokenizer, lr=1e-2)[0].encode([DOC])[0]
+    dropped = make_encoder(tokenizer, lr=1e-2, dropout=0.5)[0].encode([DOC])[0]
+    again = make_encoder(tokenizer, lr=1e-2, dropout=0.5)[0].encode([DOC])[0]
+    name = next(iter(plain.factors))
+    assert not torch.allclose(plain.factors[name][1], dropped.factors[name][1], atol=1e-5)
+    assert torch.equal(dropped.factors[name][1], again.factors[name][1])
+
+
+def test_a_document_of_exactly_max_doc_tokens_is_not_cut(tokenizer):
+    n = len(tokenizer(DOC.text, add_special_tokens=False)["input_ids"])
+    assert make_encoder(tokenizer, max_doc_tokens=n)[0]._truncate(DOC) == (DOC, {})
+    doc, extra = make_encoder(tokenizer, max_doc_tokens=n - 1)[0]._truncate(DOC)
+    assert extra == {"truncated_from_tokens": str(n)}
+    assert len(tokenizer(doc.text, add_special_tokens=False)["input_ids"]) < n
+
+
+def test_a_failed_augmentation_is_recorded_on_its_adapter(tokenizer):
+    short = Augmentation("h", rewrites=AUG.rewrites, qa=AUG.qa[:1], failed="only 1/3 QA pairs after 3 attempts")
+
+    class PartlyFailing(FixedAugmenter):
+        def augment(self, docs, progress=False):
+            return [short if d.title == "Kelmash" else AUG for d in docs]
+
+    enc = ExactEncoder(tiny_model(), tokenizer, LoraTrainConfig(), augmenter=PartlyFailing())
+    trained = []
+    train = enc.train
+    enc.train = lambda seqs: trained.append(len(seqs)) or train(seqs)
+    ok, failed = enc.encode([DOC, Passage("Kelmash", "Kelmash is a stew of smoked barley and plum.")])
+    assert "augmentation_failed" not in ok.extra and failed.extra["augmentation_failed"] == short.failed
+    assert trained == [4, 3]  # each document trains on its own augmentation
+
+
+def test_parse_qa_boundaries_of_question_answer_and_length():
+    # a "question" without "?" is no question; an answer must be whole words of the passage
+    completion = (" The race is rowed\nAnswer: Lake Ennisar\n"
+                  "Question: Who founded it?\nAnswer: Okon\n"
+                  "Question: Who was the founder?\nAnswer: merchant Pell Okonjo\n"
+                  "Question: Who was its founder?\nAnswer: the merchant Pell Okonjo\n\n")
+    assert parse_qa(completion, DOC.text, max_answer_words=3) == [("Who was the founder?", "merchant Pell Okonjo")]
+
+
+def test_parse_rewrite_keeps_five_words():
+    assert parse_rewrite(" Pell Okonjo founded the regatta.\n") == "Pell Okonjo founded the regatta."
+    assert parse_rewrite(" Okonjo founded the regatta.\n") is None
+
+
+class ScriptedGeneration:
+    """Stands in for ``generate_completions``: answers a rewrite prompt with the next of ``rewrites``
+    and a QA prompt with ``qa``, and records each call's prompt kind, temperature and seed."""
+
+    def __init__(self, rewrites, qa):
+        self.rewrites, self.qa, self.calls = list(rewrites), qa, []
+
+    def __call__(self, model, tokenizer, prompts, max_new_tokens=32, stop="\n", temperature=0.0, seed=None):
+        outs = []
+        for p in prompts:
+            kind = "rewrite" if p.endswith("Rewrite:") else "qa"
+            self.calls.append((kind, temperature, seed))
+            outs.append((self.rewrites.pop(0) if self.rewrites else " Short.\n") if kind == "rewrite" else self.qa)
+        return outs
+
+
+GOOD_QA = (" Who founded the Glass Regatta?\nAnswer: Pell Okonjo\nQuestion: When was it founded?\nAnswer: 1889\n"
+           "Question: Where is the race held?\nAnswer: Lake Ennisar\nQuestion: What is rowed?\nAnswer: rowing race\n\n")
+REWRITES = [" Pell Okonjo founded the Glass Regatta in 1889.",
+            " The Glass Regatta is rowed each autumn on Lake Ennisar."]
+
+
+def test_augmentation_stops_at_the_requested_counts(tmp_path, tokenizer, monkeypatch):
+    import hyperprag.augment as augment
+
+    gen = ScriptedGeneration(REWRITES, GOOD_QA)
+    monkeypatch.setattr(augment, "generate_completions", gen)
+    [aug] = Augmenter(tiny_model(), tokenizer, AugmentConfig(), cache=tmp_path).augment([DOC], progress=False)
+    assert aug.rewrites == [REWRITES[0].strip()] and len(aug.qa) == 3 and aug.failed is None
+    assert gen.calls == [("rewrite", 0.0, None), ("qa", 0.0, None)]  # one greedy attempt was enough
+
+
+def test_a_repeated_rewrite_is_not_counted_twice(tmp_path, tokenizer, monkeypatch):
+    import hyperprag.augment as augment
+
+    gen = ScriptedGeneration([REWRITES[0]] * 3, GOOD_QA)
+    monkeypatch.setattr(augment, "generate_completions", gen)
+    augmenter = Augmenter(tiny_model(), tokenizer, AugmentConfig(n_rewrites=2), cache=tmp_path)
+    [aug] = augmenter.augment([DOC], progress=False)
+    assert aug.rewrites == [REWRITES[0].strip()] and aug.failed == "only 1/2 rewrites after 3 attempts"
+
+
+def test_sampled_retries_are_seeded_by_the_configured_seed(tmp_path, tokenizer, monkeypatch):
+    import hyperprag.augment as augment
+
+    model, seeds = tiny_model(), {}
+    for seed in (0, 1):
+        gen = ScriptedGeneration([], " Who?\nAnswer: nobody\n\n")  # never valid: every retry runs
+        monkeypatch.setattr(augment, "generate_completions", gen)
+        Augmenter(model, tokenizer, AugmentConfig(max_retries=2, seed=seed), cache=tmp_path / str(seed)).augment(
+            [DOC], progress=False)
+        assert [t for _, t, _ in gen.calls] == [0.0, 0.0, 0.7, 0.7, 0.7, 0.7]  # greedy first, then sampled
+        seeds[seed] = [s for _, t, s in gen.calls if t]
+    assert len(set(seeds[0])) == 2  # rewrite and QA of one attempt share a seed, attempts do not
+    assert not set(seeds[0]) & set(seeds[1])
+
+
+def test_augment_caches_of_different_models_are_kept_apart(tmp_path, tokenizer, monkeypatch):
+    import hyperprag.augment as augment
+
+    monkeypatch.setattr(augment, "cache_dir", lambda: tmp_path)
+    model = tiny_model()
+    first = Augmenter(model, tokenizer).cache
+    model.hyperprag_model_id = "tiny-other"
+    assert Augmenter(model, tokenizer).cache != first and first.parent == tmp_path / "augment"
