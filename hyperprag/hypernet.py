@@ -107,8 +107,9 @@ class HyperNetConfig:
     # LoRA's A, on top of the one vector shared by every row. With the shared vector alone every row
     # of A starts as the same vector (the read term is ~init_scale smaller), gets nearly the same
     # gradient and stays there: a rank-r adapter of rank 1 (v8: its two A rows parallel,
-    # benchmarks/adapter_rank.md). The pooled heads always had a bias per row. False in
-    # checkpoints before session 34.
+    # benchmarks/adapter_rank.md). The pooled heads always had a bias per row. It parts the A rows
+    # only: B's columns differ only where the ranks' reads do, and those are nearly the same, so a
+    # warm start from v8 with it still made rank-1 deltas. False in checkpoints before session 34.
     row_bias: bool = False
 
     @property

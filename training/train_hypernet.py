@@ -35,7 +35,7 @@ factor of a (layer, rank) read the same tokens, so a key (what an A fires on) bi
 a B writes); ``copy_keys`` has the copy path copy a ``*-kv`` source's key into A rows and its word
 into B columns. ``row_bias`` gives each rank row of the attention reader's A its own bias, drawn
 like a LoRA's A; without it the rows start alike and stay alike (v8's rank-2 adapters are
-rank 1, ``benchmarks/adapter_rank.md``).
+rank 1, ``benchmarks/adapter_rank.md``; with it alone the B columns still stay parallel).
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
 to k - 1 others. Summed, although retrieval averages generated adapters: the sum adds a part every
 document shares k times, so that part cannot be what answers the question.
