@@ -38,3 +38,25 @@ def test_rank_use_reads_each_role_from_the_targets_and_sees_parallel_rows():
         assert flat[role]["b_cos"] == pytest.approx(got[role]["b_cos"])  # only A was made parallel
     with pytest.raises(SystemExit, match="rank 1"):
         rank_use([random_adapter(model, rank=1)], roles)
+
+
+def test_rank_reads_are_one_read_when_the_ranks_queries_are_the_same(tokenizer):
+    """benchmarks/adapter_rank/reads.py: rank 0 and rank 1 read the same tokens exactly when their
+    slot queries agree, and apart when those differ."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "adapter_rank"))
+    from reads import rank_reads
+
+    from hyperprag.embeddings import build_source
+    from hyperprag.hyper_encoder import HyperEncoder
+
+    model = tiny_model()
+    enc = HyperEncoder.create(model, build_source("token-seq", model, tokenizer), hidden=32, tie_reads=True)
+    texts = ["The Glass Regatta is rowed on Lake Ennisar.", "Kelmash is a barley stew from the north."]
+    with torch.no_grad():
+        enc.hypernet.slot_embed[1] = enc.hypernet.slot_embed[0]
+    same = rank_reads(enc, texts)
+    assert same["ranks"] == pytest.approx(1.0) and same["ranks_least"] == pytest.approx(1.0)
+    assert 0 < same["entropy"] <= 1 + 1e-6
+    with torch.no_grad():
+        enc.hypernet.slot_embed[1] = -50 * enc.hypernet.slot_embed[0]
+    assert rank_reads(enc, texts)["ranks"] < 0.99

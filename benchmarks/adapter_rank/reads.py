@@ -26,7 +26,7 @@ def rank_reads(encoder: HyperEncoder, texts: list[str]) -> dict[str, float]:
         raise SystemExit("this reads a tied attention reader of rank 2")
     emb = encoder.source.embed(texts)
     with torch.no_grad():
-        plan = net._reader_plan(centred=True)
+        plan = net._reader_plan(centred=cfg.center)  # the queries are the same either way
         x = net.token_norm(emb)
         by_slot, by_layer = torch.bmm(plan.part_queries.expand(len(texts), -1, -1), x.mT).split(
             [cfg.rank, cfg.num_layers], dim=1)
