@@ -369,12 +369,15 @@ class HyperNetwork(nn.Module):
             self._plan_cache = (stamp, plan)
         return plan
 
-    def _attend(self, tokens: torch.Tensor, centred: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def reads(self, tokens: torch.Tensor, plan: ReaderPlan,
+              norms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention weights over the tokens, (b, reads * L * r, t), and each read's token mix,
+        (b, reads, L, r, d), where reads is 1 with tied reads, else one per slot of ``plan``: what
+        the factors are made of, and where a diagnostic sees what each rank reads
+        (benchmarks/adapter_rank). ``norms``: the tokens' norms, if the caller has them."""
         cfg, (b, t, d) = self.config, tokens.shape
         L, r = cfg.num_layers, cfg.rank
-        plan = self._reader_plan(centred)
-        norms = tokens.norm(dim=-1)                                      # (b, t)
-        padding = norms == 0                                             # rows of zeros
+        padding = (tokens.norm(dim=-1) if norms is None else norms) == 0   # rows of zeros
         x = self.token_norm(tokens)                                      # (b, t, d)
         if cfg.context_kernel is not None:  # padding must not leak into the last tokens' context
             xc = x.masked_fill(padding[..., None], 0.0) if padding.any() else x
@@ -394,7 +397,14 @@ class HyperNetwork(nn.Module):
             scores = scores.masked_fill(padding[:, None, :], float("-inf"))
         weights = scores.softmax(-1)
         # Every read's token mix in one batched product rather than six small ones.
-        mixed = (weights @ x).view(b, reads, L, r, d)
+        return weights, (weights @ x).view(b, reads, L, r, d)
+
+    def _attend(self, tokens: torch.Tensor, centred: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        cfg, (b, t, d) = self.config, tokens.shape
+        L, r = cfg.num_layers, cfg.rank
+        plan = self._reader_plan(centred)
+        norms = tokens.norm(dim=-1)                                      # (b, t)
+        weights, mixed = self.reads(tokens, plan, norms)
         # Copy path: the attended tokens' unit vectors times sqrt(d) (entries of order 1, so the gains
         # move a factor at the pace Adam moves a LoRA's own entries, as head_multiplier does for the
         # heads). The slots with a gain come first; the per-token rescaling is applied to their

@@ -26,18 +26,13 @@ def rank_reads(encoder: HyperEncoder, texts: list[str]) -> dict[str, float]:
         raise SystemExit("this reads a tied attention reader of rank 2")
     emb = encoder.source.embed(texts)
     with torch.no_grad():
-        plan = net._reader_plan(centred=cfg.center)  # the queries are the same either way
-        x = net.token_norm(emb)
-        by_slot, by_layer = torch.bmm(plan.part_queries.expand(len(texts), -1, -1), x.mT).split(
-            [cfg.rank, cfg.num_layers], dim=1)
-        padding = emb.norm(dim=-1) == 0
-        scores = (by_layer[:, :, None] + by_slot[:, None]).masked_fill(padding[:, None, None], float("-inf"))
-        weights = scores.softmax(-1)                                   # (docs, layers, ranks, tokens)
-        reads = weights @ x[:, None]                                   # (docs, layers, ranks, d)
+        weights, reads = net.reads(emb, net._reader_plan(centred=cfg.center))   # the queries: either way
+        weights = weights.view(len(texts), cfg.num_layers, cfg.rank, -1)   # (docs, layers, ranks, tokens)
+        reads = reads[:, 0]                                                 # (docs, layers, ranks, d)
         cos = torch.nn.functional.cosine_similarity
         ranks = cos(reads[:, :, 0], reads[:, :, 1], dim=-1)
         entropy = -(weights.clamp_min(1e-12).log() * weights).sum(-1)
-        uniform = (~padding).sum(-1).float().log()[:, None, None]
+        uniform = (emb.norm(dim=-1) > 0).sum(-1).float().log()[:, None, None]
         return {"ranks": ranks.mean().item(), "ranks_least": ranks.min().item(),
                 "layers": cos(reads[:, 0, 0], reads[:, -1, 0], dim=-1).mean().item(),
                 "documents": cos(reads[:-1, 0, 0], reads[1:, 0, 0], dim=-1).mean().item(),
