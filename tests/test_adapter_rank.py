@@ -60,3 +60,34 @@ def test_rank_reads_are_one_read_when_the_ranks_queries_are_the_same(tokenizer):
     with torch.no_grad():
         enc.hypernet.slot_embed[1] = -50 * enc.hypernet.slot_embed[0]
     assert rank_reads(enc, texts)["ranks"] < 0.99
+
+
+@pytest.mark.parametrize("b_gain", [False, True])
+def test_b_gains_part_the_columns_that_a_rank_shared_read_makes_parallel(tokenizer, b_gain):
+    """With tied reads, rank k's A row and B column are made from rank k's read, and a fresh
+    network's ranks read nearly alike: even with A's rows apart (row_bias) the B columns come out
+    parallel and the delta is rank 1, as v8's are. B's per-rank gains (mean 1 over the ranks) make
+    the columns different functions of that read, and the delta uses its second direction."""
+    from hyperprag.data import Passage
+    from hyperprag.embeddings import build_source
+    from hyperprag.hyper_encoder import HyperEncoder
+
+    model = tiny_model("gemma3_text")
+    torch.manual_seed(0)
+    enc = HyperEncoder.create(model, build_source("token-seq", model, tokenizer), hidden=32, tie_reads=True,
+                              copy_tokens=True, read_rank=8, row_bias=True, b_gain=b_gain)
+    texts = ["The Glass Regatta is rowed on Lake Ennisar.", "Kelmash is a barley stew from the north."]
+    got = rank_use(enc.encode([Passage(f"d{i}", t) for i, t in enumerate(texts)]), {t.name: t.role for t in find_ffn_targets(model)})
+    for role, use in got.items():
+        assert use["a_cos"] < 0.9, role
+        if b_gain:
+            assert use["b_cos"] < 0.95 and use["beyond_top"] > 0.02, (role, use)
+        else:
+            assert use["b_cos"] > 0.99 and use["beyond_top"] < 1e-3, (role, use)
+    if b_gain:
+        for gain in enc.hypernet.b_read_gain.values():
+            assert gain.shape == (enc.hypernet.config.num_layers, 2, 8)
+            assert torch.allclose(gain.mean(1), torch.ones(())) and (gain[:, 0] - gain[:, 1]).abs().mean() > 0.5
+        from hyperprag.hypernet import HyperNetConfig, HyperNetwork
+        with pytest.raises(ValueError, match="b_gain needs the attention reader"):
+            HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), 16, b_gain=True))

@@ -554,20 +554,20 @@ def test_attention_readers_kept_queries_follow_every_weight_change(tokenizer):
         assert not torch.allclose(net(emb)["down"][1], before)
 
 
-@pytest.mark.parametrize("centred,context,source,tied,keys,row_bias", [
-    (False, None, "token-seq", False, False, False), (True, None, "token-seq", False, False, True),
-    (True, 3, "token-seq", False, False, False), (True, None, "hidden-seq+words:x:1", False, False, False),
-    (True, None, "token-kv:x:2", True, False, False), (False, 3, "token-seq", True, False, True),
-    (True, None, "hidden-kv:x:1", True, True, False), (False, None, "token-kv:x:2", False, True, False)])
-def test_attention_reader_computes_its_definition(tokenizer, centred, context, source, tied, keys, row_bias):
+@pytest.mark.parametrize("centred,context,source,tied,keys,row_bias,b_gain", [
+    (False, None, "token-seq", False, False, False, False), (True, None, "token-seq", False, False, True, True),
+    (True, 3, "token-seq", False, False, False, False), (True, None, "hidden-seq+words:x:1", False, False, False, True),
+    (True, None, "token-kv:x:2", True, False, False, False), (False, 3, "token-seq", True, False, True, True),
+    (True, None, "hidden-kv:x:1", True, True, False, False), (False, None, "token-kv:x:2", False, True, False, False)])
+def test_attention_reader_computes_its_definition(tokenizer, centred, context, source, tied, keys, row_bias, b_gain):
     """Each generated row against the reader written out plainly for one (role, factor, layer,
     rank): the normalised tokens get their neighbours' context (a per-channel weight for each
     offset in the window, nothing beyond the document's ends), then
     a query (slot + layer + role embeddings; tied reads: rank + layer, the same for every role and
     factor) attends over the keys of those tokens,
     the mix goes through the read map (times head_multiplier), the copy path adds the gain times
-    the attended unit tokens, A rows get their own bias (row_bias), and at inference the stored
-    mean B is taken off. The forward pass
+    the attended unit tokens, A rows get their own bias (row_bias), B columns read the bottleneck
+    through their own gains (b_gain), and at inference the stored mean B is taken off. The forward pass
     folds all of this (queries split into parts, multiplier and mean in the maps' weights)."""
     from hyperprag.embeddings import build_source
     from hyperprag.hypernet import HyperNetConfig, HyperNetwork
@@ -578,7 +578,7 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
     net = HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), src.dim, hidden=32, reader="attention",
                                                    copy_tokens=True, read_rank=4, center=True, head_multiplier=0.5,
                                                    context_kernel=context, copy_dim=copy_dim, tie_reads=tied,
-                                                   copy_keys=keys, row_bias=row_bias))
+                                                   copy_keys=keys, row_bias=row_bias, b_gain=b_gain))
     emb = src.embed([d.text for d in DOCS])
     with torch.no_grad():
         for p in net.parameters():
@@ -608,7 +608,10 @@ def test_attention_reader_computes_its_definition(tokenizer, centred, context, s
                             x = x + near
                         w = ((net.key(x) @ q) / net.config.hidden ** 0.5).softmax(0)
                         read = getattr(net, f"read_{factor}")[role]
-                        want = read[1].weight @ (read[0].weight @ (w @ x)) * 0.5 + read[1].bias
+                        z = read[0].weight @ (w @ x)
+                        if b_gain and factor == "b":
+                            z = z * net.b_read_gain[role][layer, rank]
+                        want = read[1].weight @ z * 0.5 + read[1].bias
                         if f"{role}_{factor}" in net.copy_gain:
                             words = toks[:, src.dim - copy_dim:] if copy_dim else toks
                             if keys and factor == "a":  # A rows copy the key, the part before the word
@@ -663,7 +666,8 @@ def test_a_missing_shipped_checkpoint_says_where_it_lives(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("source, kw", [("hash", {}), ("token-seq", {}), ("token-seq", {"center": True}),
                                         ("token-seq", {"copy_tokens": True, "read_rank": 4, "context_kernel": 5}),
-                                        ("token-seq", {"copy_tokens": True, "tie_reads": True, "row_bias": True})])
+                                        ("token-seq", {"copy_tokens": True, "tie_reads": True, "row_bias": True,
+                                                       "b_gain": True})])
 def test_every_trained_parameter_gets_a_gradient(tokenizer, source, kw):
     """Several training processes wrap the network in DistributedDataParallel, which fails on the
     second step if a parameter it is to train gets no gradient."""

@@ -266,20 +266,22 @@ def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_pat
     assert all(g.abs().sum() > 0 for g in enc.hypernet.copy_gain.values())  # the copy gains, from 0, trained
 
     # A faster network with a bottleneck in the read maps and tied reads, and the token context and
-    # A's row biases added, starts from this one (truncated SVD, each query the mean of the six it
-    # replaces, context at zero, row biases summing to zero), so its first answers are already
-    # better than a fresh network's were.
+    # A's row biases and B's read gains added, starts from this one (truncated SVD, each query the
+    # mean of the six it replaces, context at zero, row biases summing to zero, gains of 1), so its
+    # first answers are already better than a fresh network's were.
     # Two processes: DistributedDataParallel must find a gradient for every trained parameter.
     warm = launch(tmp_path, model_dir, data, 2, steps=3, out="warm", weights="{lm: 1.0, kl: 0.0}",
                   extra=f"center: true\ncopy_tokens: true\nread_rank: 24\ncontext_kernel: 3\ncontext_lr_scale: 4.0\n"
-                        f"tie_reads: true\nrow_bias: true\n"
+                        f"tie_reads: true\nrow_bias: true\nb_gain: true\n"
                         f"init_from: {tmp_path / 'run' / 'final'}\n",
                   embedding="token-seq")
     assert "initialised from" in (tmp_path / "stdout.txt").read_text()
     assert warm[0]["lm"] < log[0]["lm"] * 0.9, (warm[0]["lm"], log[0]["lm"])
     fast = HyperEncoder.from_pretrained(tmp_path / "warm" / "final", *load_base_model(str(model_dir)))
     assert fast.hypernet.config.read_rank == 24 and fast.hypernet.config.context_kernel == 3
-    assert fast.hypernet.config.tie_reads and fast.hypernet.config.row_bias
+    assert fast.hypernet.config.tie_reads and fast.hypernet.config.row_bias and fast.hypernet.config.b_gain
+    # B's read gains start at 1 for every rank; A's rows apart, their gradients part them by rank
+    assert all((g[:, 0] - g[:, 1]).abs().max() > 0 for g in fast.hypernet.b_read_gain.values())
     a = next(iter(fast.factors(fast.source.embed(["The Glass Regatta is rowed on Lake Ennisar."]))[0].values()))[0]
     assert torch.nn.functional.cosine_similarity(a[0], a[1], dim=0).abs() < 0.9  # the rows, parted
     assert fast.hypernet.context.weight.abs().sum() > 0  # the context, from 0, trained
@@ -563,3 +565,35 @@ def test_answer_batch_starts_an_empty_prompt_from_a_start_token(tokenizer):
     NoSpecials.eos_token_id = None
     with pytest.raises(ValueError, match="neither"):
         answer_batch(NoSpecials(), [""], ["x"])
+
+
+def test_a_warm_start_adding_row_biases_and_b_gains_keeps_b_and_moves_a_by_the_row_biases(tmp_path, tokenizer):
+    """A checkpoint without A's row biases and B's read gains starts a run that adds them with its
+    B exactly as it was (gains of 1) and its A rows moved by row biases that sum to zero over the
+    rows: the network starts where the checkpoint was, give or take the parted rows."""
+    sys.path.insert(0, str(ROOT / "training"))
+    from conftest import tiny_model
+    from train_hypernet import warm_start
+
+    from hyperprag.embeddings import build_source
+
+    model = tiny_model("gemma3_text")
+    src = build_source("token-seq", model, tokenizer)
+    kw = {"hidden": 32, "tie_reads": True, "copy_tokens": True, "read_rank": 8}
+    torch.manual_seed(0)
+    old = HyperEncoder.create(model, src, **kw)
+    with torch.no_grad():
+        for p in old.hypernet.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    old.save_pretrained(tmp_path / "old")
+    new = HyperEncoder.create(model, src, row_bias=True, b_gain=True, **kw)
+    warm_start(new, str(tmp_path / "old"), model, tokenizer, src)
+    assert all(torch.equal(g, torch.ones_like(g)) for g in new.hypernet.b_read_gain.values())
+    emb = src.embed(["The Glass Regatta is rowed on Lake Ennisar.", "Kelmash is a barley stew."])
+    with torch.no_grad():
+        before, after = old.hypernet.eval()(emb), new.hypernet.eval()(emb)
+    for role, (a, b) in after.items():
+        bias = new.hypernet.a_row_bias[role]
+        assert torch.allclose(bias.sum(1), torch.zeros(()), atol=1e-6) and bias.abs().max() > 0
+        assert torch.allclose(b, before[role][1], atol=1e-6)
+        assert torch.allclose(a, before[role][0] + bias, atol=1e-5)

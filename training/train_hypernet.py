@@ -36,6 +36,8 @@ a B writes); ``copy_keys`` has the copy path copy a ``*-kv`` source's key into A
 into B columns. ``row_bias`` gives each rank row of the attention reader's A its own bias, drawn
 like a LoRA's A; without it the rows start alike and stay alike (v8's rank-2 adapters are
 rank 1, ``benchmarks/adapter_rank.md``; with it alone the B columns still stay parallel).
+``b_gain`` gives each rank column of B its own per-channel gain on the read, so the columns part
+too even where the ranks read alike.
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
 to k - 1 others. Summed, although retrieval averages generated adapters: the sum adds a part every
 document shares k times, so that part cannot be what answers the question.
@@ -44,7 +46,8 @@ also keeps a loadable checkpoint at those steps (``out/step-N``), for a learning
 ``read_rank`` puts a bottleneck in the attention reader's read maps (faster to run), and
 ``init_from`` starts from a trained checkpoint (a full-map one is factored by truncated SVD; one
 without the context gets it at zero; an untied one is tied, each query the mean of those it replaces;
-one without ``row_bias`` gets A row biases that sum to zero over the rows).
+one without ``row_bias`` gets A row biases that sum to zero over the rows, and one without
+``b_gain`` B gains of 1).
 ``first_token_weight`` counts each answer's first word (its first token that is not whitespace)
 that many times in the ``lm`` and ``retrieved`` losses: greedy decoding must pick that word, and
 the mean answer loss, which the tokens after it and the closing newline dilute, can fall a long
@@ -99,7 +102,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
-    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "context_kernel": None, "copy_dim": None, "tie_reads": False, "copy_keys": False, "row_bias": False, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
+    "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "context_kernel": None, "copy_dim": None, "tie_reads": False, "copy_keys": False, "row_bias": False, "b_gain": False, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
     "lr": 1e-3, "context_lr_scale": 1.0, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64,
@@ -342,16 +345,20 @@ def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> No
     ties its reads (each query starts as the mean of the six it replaces), or from one without A's
     row biases when this run adds them. Those start as a LoRA's A draw less its mean over the rows:
     zero would leave the checkpoint's near-parallel rows as they are, and a mean of zero keeps the
-    sum its parallel rows made, so v8's deltas move by 3% (benchmarks/adapter_rank.md). Anything
-    else differing is refused, naming both."""
+    sum its parallel rows made, so v8's deltas move by 3% (benchmarks/adapter_rank.md). B's read
+    gains, when this run adds them, start at 1, the checkpoint's B exactly: drawn apart they moved
+    v8's deltas by 24% (with the row biases), and with A's rows apart their gradients differ by rank
+    from the first step, which parts them.
+    Anything else differing is refused, naming both."""
     start = HyperEncoder.from_pretrained(ckpt, model, tokenizer, source=source).hypernet
     mine, theirs = encoder.hypernet.config.to_dict(), start.config.to_dict()
     adds_context = theirs["context_kernel"] is None
     ties = mine["tie_reads"] and not theirs["tie_reads"]
     adds_row_bias = mine["row_bias"] and not theirs["row_bias"]
+    adds_b_gain = mine["b_gain"] and not theirs["b_gain"]
     differ = sorted(k for k in mine if k != "read_rank" and mine[k] != theirs[k]
                     and not (k == "context_kernel" and adds_context) and not (k == "tie_reads" and ties)
-                    and not (k == "row_bias" and adds_row_bias))
+                    and not (k == "row_bias" and adds_row_bias) and not (k == "b_gain" and adds_b_gain))
     if differ:
         sys.exit(f"init_from {ckpt}: its hypernetwork differs from this config's in {differ}: "
                  + ", ".join(f"{k} {theirs[k]} there, {mine[k]} here" for k in differ))
@@ -363,6 +370,8 @@ def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> No
     if adds_row_bias:  # this run's own draw, less its mean over the rows (see the docstring)
         state |= {f"a_row_bias.{role}": (p - p.mean(1, keepdim=True)).detach()
                   for role, p in encoder.hypernet.a_row_bias.items()}
+    if adds_b_gain:  # all 1: the checkpoint's B as it was (see the docstring)
+        state |= {f"b_read_gain.{role}": torch.ones_like(p) for role, p in encoder.hypernet.b_read_gain.items()}
     if mine["read_rank"] == theirs["read_rank"]:
         encoder.hypernet.load_state_dict(state)
     elif theirs["read_rank"] is None:
@@ -434,7 +443,7 @@ def main() -> None:
                                       head_multiplier=head_mult, center=cfg["center"], copy_tokens=cfg["copy_tokens"],
                                       read_rank=cfg["read_rank"], context_kernel=cfg["context_kernel"],
                                       copy_dim=cfg["copy_dim"], tie_reads=cfg["tie_reads"],
-                                      copy_keys=cfg["copy_keys"], row_bias=cfg["row_bias"])
+                                      copy_keys=cfg["copy_keys"], row_bias=cfg["row_bias"], b_gain=cfg["b_gain"])
     except ValueError as err:
         sys.exit(f"{args.config}: {err}")
     if cfg["init_from"]:
