@@ -246,6 +246,23 @@ def test_stacked_factors_give_the_merged_sum_of_each_sets_adapters():
                 assert torch.allclose(s * b[row] @ a[row], merged.delta(t.name), atol=1e-6)
 
 
+def test_a_retrieved_set_of_only_padding_merges_to_the_zero_adapter_under_the_mean():
+    """A question whose retrieval found nothing has a set of -1 only: under the mean it must get the
+    zero delta (no document, nothing to average), not 0/0 factors that turn the batch's loss to nan."""
+    from hyperprag.hyper_objectives import stacked_factors
+    from hyperprag.models import FFNTarget
+
+    g = torch.Generator().manual_seed(0)
+    generated = {"up": (torch.randn(2, 1, 2, 6, generator=g), torch.randn(2, 1, 5, 2, generator=g))}
+    targets = [FFNTarget("layers.0.up", 0, "up", 6, 5)]
+    sets = torch.tensor([[1, -1], [-1, -1]])
+    a, b = stacked_factors(generated, targets, sets, "mean")["layers.0.up"]
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert torch.equal(b[1] @ a[1], torch.zeros(5, 6))
+    ga, gb = generated["up"]
+    assert torch.allclose(b[0] @ a[0], gb[1, 0] @ ga[1, 0], atol=1e-6)  # one document: its own delta
+
+
 def test_answer_losses_are_each_answers_own_mean(tokenizer):
     from hyperprag.hyper_objectives import answer_batch, answer_losses, lm_loss
 
@@ -891,6 +908,48 @@ def test_delta_distance_is_the_dense_distance_even_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = delta_distance(a1, b1, 1.0, a2, b2, 1.0)
         assert got.dtype == torch.float32 and torch.allclose(got.double(), dense, rtol=1e-2), (noise, got, dense)
+
+
+def test_delta_distance_of_bf16_factors_is_computed_in_fp32():
+    """Exact adapters can be stored in bf16 and the hypernetwork's factors come out in bf16 under
+    autocast: with both sides bf16 and no autocast to turn off, the Gram terms must still be formed
+    in fp32, or close deltas cancel to a distance that is mostly rounding."""
+    from hyperprag.hyper_objectives import delta_distance
+
+    torch.manual_seed(0)
+    a2, b2 = torch.randn(3, 2, 48).bfloat16(), torch.randn(3, 40, 2).bfloat16()
+    a1, b1 = ((x.float() + 0.01 * torch.randn(x.shape)).bfloat16() for x in (a2, b2))
+    d1, d2 = b1.double() @ a1.double(), b2.double() @ a2.double()
+    dense = (d1 - d2).square().sum((-1, -2)) / d2.square().sum((-1, -2))
+    got = delta_distance(a1, b1, 1.0, a2, b2, 1.0)
+    assert got.dtype == torch.float32 and torch.allclose(got.double(), dense, rtol=1e-2), (got, dense)
+
+
+def test_delta_distance_to_a_zero_adapter_is_finite():
+    """An exact adapter whose B is all zeros (a LoRA that never moved from its init) must not turn
+    the reconstruction loss into inf or nan: two zero deltas are at distance 0."""
+    from hyperprag.hyper_objectives import delta_distance
+
+    a, b = torch.randn(2, 2, 8), torch.randn(2, 6, 2)
+    zero = torch.zeros_like(b)
+    assert torch.equal(delta_distance(a, zero, 2.0, a, zero, 2.0), torch.zeros(2))
+    assert torch.isfinite(delta_distance(a, b, 2.0, a, zero, 2.0)).all()
+
+
+def test_distill_loss_is_the_teachers_kl_to_the_student_per_token():
+    """KL(teacher || student), summed over the vocabulary and averaged over answer tokens, with both
+    softened by the temperature and scaled by its square (so gradients keep their size): by hand.
+    The direction matters: the reverse KL lets the student drop answers the teacher finds likely."""
+    from hyperprag.hyper_objectives import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 11, generator=g), 3.0 * torch.randn(5, 11, generator=g)
+    for temp in (1.0, 2.0):
+        p_t = torch.softmax(teacher.double() / temp, -1)
+        log_s = torch.log_softmax(student.double() / temp, -1)
+        by_hand = (p_t * (p_t.log() - log_s)).sum(-1).mean() * temp ** 2
+        assert torch.allclose(distill_loss(student, teacher, temp).double(), by_hand, rtol=1e-5), temp
+    assert distill_loss(teacher, teacher) < 1e-6
 
 
 def test_a_fused_optimiser_step_renews_the_kept_plan_and_the_key(tokenizer):

@@ -351,6 +351,40 @@ def test_answer_batch_marks_each_answers_first_word_and_lm_loss_can_weight_it(to
     assert lm_loss(logits, batch, 3.0) != pytest.approx(float(ce.mean()), rel=1e-3)
 
 
+class Chars:
+    """A tokenizer of one token per character (its code point), that keeps every space and newline as
+    Gemma's and GPT-2's do; the test tokenizer (WordPiece) drops whitespace, so it cannot show it."""
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [self.bos_token_id] * add_special_tokens + [ord(c) for c in text]}
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+def test_answer_targets_end_with_a_newline_and_ignore_the_answers_own_spacing():
+    """The newline after each answer is a target: it is how generation learns to stop. And the
+    target is the answer after a single space whatever spaces the dataset left around it, so " Ennisar "
+    and "Ennisar" are trained as one answer, and as generation will read them."""
+    from hyperprag.hyper_objectives import answer_batch
+
+    batch = answer_batch(Chars(), ["Q:", "Q:"], ["Lake Ennisar", "  Lake Ennisar \n"])
+    for row in (0, 1):
+        assert Chars().decode(batch.targets[batch.rows == row].tolist()) == " Lake Ennisar\n"
+
+
+def test_every_answer_marks_one_first_token_even_one_that_is_only_whitespace():
+    """``sibling_margin`` reads the marked tokens as one per answer in row order: an answer with no
+    word (all whitespace) must still mark one, its first token, or every later row would be scored
+    at another answer's position."""
+    from hyperprag.hyper_objectives import answer_batch
+
+    batch = answer_batch(Chars(), ["Q:", "Q:", "Q:"], ["Pell", " ", "Okonjo"])
+    starts = [int((batch.rows == i).nonzero()[0]) for i in range(3)]
+    assert batch.first.nonzero().flatten().tolist() == [starts[0] + 1, starts[1], starts[2] + 1]
+
+
 def test_reconstruction_objective_reads_exact_adapters_from_a_store(tmp_path, setup):
     from conftest import random_adapter
     from hyperprag.models import load_base_model
