@@ -272,7 +272,7 @@ def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_pat
     # Two processes: DistributedDataParallel must find a gradient for every trained parameter.
     warm = launch(tmp_path, model_dir, data, 2, steps=3, out="warm", weights="{lm: 1.0, kl: 0.0}",
                   extra=f"center: true\ncopy_tokens: true\nread_rank: 24\ncontext_kernel: 3\ncontext_lr_scale: 4.0\n"
-                        f"tie_reads: true\nrow_bias: true\nb_gain: true\n"
+                        f"tie_reads: true\nrow_bias: true\nb_gain: true\nrank_lr_scale: 0.5\n"
                         f"init_from: {tmp_path / 'run' / 'final'}\n",
                   embedding="token-seq")
     assert "initialised from" in (tmp_path / "stdout.txt").read_text()
@@ -286,7 +286,8 @@ def test_attention_reader_trains_on_token_embeddings_looked_up_each_step(tmp_pat
     assert torch.nn.functional.cosine_similarity(a[0], a[1], dim=0).abs() < 0.9  # the rows, parted
     assert fast.hypernet.context.weight.abs().sum() > 0  # the context, from 0, trained
     groups = torch.load(tmp_path / "warm" / "state" / "optimizer.bin", weights_only=True)["param_groups"]
-    assert [g["lr_scale"] for g in groups] == [1.0, 4.0] and groups[1]["lr"] == pytest.approx(4 * groups[0]["lr"])
+    assert [g["lr_scale"] for g in groups] == [1.0, 4.0, 0.5] and groups[1]["lr"] == pytest.approx(4 * groups[0]["lr"])
+    assert [len(g["params"]) for g in groups[1:]] == [1, 6]  # the context; A's row biases and B's gains, 3 roles each
     # A checkpoint of another design is refused, naming what differs on both sides.
     config = tmp_path / "cfg.yaml"
     config.write_text(config.read_text().replace("hidden: 32", "hidden: 16").replace(
@@ -528,6 +529,7 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     ("", ["seed=-1"], "seed must be from 0 to 2**32 - 1, got -1"),
     ("", ["weight_decay=-0.5"], "weight_decay must be at least 0, got -0.5"),
     ("", ["context_lr_scale=-1"], "context_lr_scale must be at least 0, got -1"),
+    ("", ["rank_lr_scale=-0.5"], "rank_lr_scale must be at least 0, got -0.5"),
     ("", ["contrast_margin=-3"], "contrast_margin must be at least 0, got -3"),
     # a mistake on the command line is named there, not in the file
     ("steps: 5\n", ["stpes=10"], "override 'stpes=10': unknown config key 'stpes'"),

@@ -37,7 +37,8 @@ into B columns. ``row_bias`` gives each rank row of the attention reader's A its
 like a LoRA's A; without it the rows start alike and stay alike (v8's rank-2 adapters are
 rank 1, ``benchmarks/adapter_rank.md``; with it alone the B columns still stay parallel).
 ``b_gain`` gives each rank column of B its own per-channel gain on the read, so the columns part
-too even where the ranks read alike.
+too even where the ranks read alike. ``rank_lr_scale`` multiplies the learning rate of those gains
+and of A's row biases: at a warm start's lr of 1e-4 an order-1 gain hardly moves in a short run.
 With ``merge_k`` above 1, answers are trained with the summed adapters of the own document and up
 to k - 1 others. Summed, although retrieval averages generated adapters: the sum adds a part every
 document shares k times, so that part cannot be what answers the question.
@@ -103,7 +104,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 DEFAULTS = {
     "model": None, "embedding": "sentence", "data": [], "max_docs": None, "heldout_pct": 20, "heldout_first": 0,
     "rank": 2, "alpha": 32.0, "hidden": 256, "head_multiplier": None, "center": False, "copy_tokens": False, "read_rank": None, "context_kernel": None, "copy_dim": None, "tie_reads": False, "copy_keys": False, "row_bias": False, "b_gain": False, "init_from": None, "steps": 200, "docs_per_step": 4, "qa_per_doc": 2,
-    "lr": 1e-3, "context_lr_scale": 1.0, "weight_decay": 0.0, "warmup": 10, "seed": 0,
+    "lr": 1e-3, "context_lr_scale": 1.0, "rank_lr_scale": 1.0, "weight_decay": 0.0, "warmup": 10, "seed": 0,
     "weights": {"lm": 1.0, "kl": 1.0, "recon": 0.0, "contrast": 0.0}, "contrast_margin": 0.5, "merge_k": 1, "recon_store": None, "recon_encoder_key": None,
     "augmented": [], "augment_cache": None, "passages": [], "passages_per_step": 0, "doc_words": 64,
     "retrieved": [], "retrieved_per_step": 0, "top_k": 3, "skip_first_questions": 0, "out": "runs/hypernet", "save_every": 50, "log_every": 10, "snapshot_every": None, "max_minutes": None,
@@ -184,7 +185,7 @@ def _check_types(cfg: dict, path: str) -> None:
     for key in ("lr", "alpha"):  # an alpha of 0 gives adapters that change nothing: nothing to learn
         if not cfg[key] > 0:
             sys.exit(f"{path}: {key} must be positive, got {cfg[key]}")
-    for key in ("context_lr_scale", "weight_decay", "contrast_margin"):
+    for key in ("context_lr_scale", "rank_lr_scale", "weight_decay", "contrast_margin"):
         if cfg[key] < 0:
             sys.exit(f"{path}: {key} must be at least 0, got {cfg[key]}")
     if not 0 <= cfg["seed"] < 2 ** 32:
@@ -464,10 +465,17 @@ def main() -> None:
         log(f"recon: exact adapters for {covered} of {len(train_docs)} training documents")
 
     # The token context starts at zero and added to a warm-started network it has a short run to
-    # grow: ``context_lr_scale`` lets its weights move faster than the rest.
-    context = [p for n, p in encoder.hypernet.named_parameters() if n.startswith("context.")]
-    rest = [p for n, p in encoder.hypernet.named_parameters() if not n.startswith("context.")]
-    groups = [{"params": rest, "lr_scale": 1.0}] + ([{"params": context, "lr_scale": cfg["context_lr_scale"]}] if context else [])
+    # grow: ``context_lr_scale`` lets its weights move faster than the rest. ``rank_lr_scale`` does
+    # the same for A's row biases and B's read gains: Adam moves an entry about lr a step, so at
+    # 1e-4 a gain of order 1 moved at most 0.003 in 75 steps of a warm start, and B's columns stayed
+    # parallel (benchmarks/adapter_rank.md).
+    # One group per kind that the network has, whatever the scales: a resumed run may change them.
+    kinds = {"rest": 1.0, "context": cfg["context_lr_scale"], "rank": cfg["rank_lr_scale"]}
+    params: dict[str, list[torch.nn.Parameter]] = {kind: [] for kind in kinds}
+    for n, p in encoder.hypernet.named_parameters():
+        kind = "context" if n.startswith("context.") else "rank" if n.startswith(("a_row_bias.", "b_read_gain.")) else "rest"
+        params[kind].append(p)
+    groups = [{"params": params[kind], "lr_scale": scale} for kind, scale in kinds.items() if params[kind]]
     optim = torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     hypernet, optim = accelerator.prepare(encoder.hypernet, optim)
 
