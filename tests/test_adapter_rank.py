@@ -91,3 +91,17 @@ def test_b_gains_part_the_columns_that_a_rank_shared_read_makes_parallel(tokeniz
         from hyperprag.hypernet import HyperNetConfig, HyperNetwork
         with pytest.raises(ValueError, match="b_gain needs the attention reader"):
             HyperNetwork(HyperNetConfig.from_targets(find_ffn_targets(model), 16, b_gain=True))
+
+
+def test_fresh_reports_the_mean_energy_per_role_and_the_deltas_relative_move():
+    """benchmarks/adapter_rank/fresh.py: a rank-1 and an orthogonal rank-2 delta average to a
+    quarter beyond the top direction; deltas twice as large moved by their own size."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "adapter_rank"))
+    from fresh import energy_beyond_top, relative_move
+
+    eye = torch.eye(4)
+    a = torch.stack([torch.stack([eye[0], eye[0]]), eye[:2]])[:, None]     # (docs, layers, r, in)
+    b = torch.stack([eye[:, :2], eye[:, :2]])[:, None]                     # (docs, layers, out, r)
+    assert energy_beyond_top({"up": (a, b)}) == {"up": pytest.approx(0.25)}
+    assert relative_move({"up": (a, b)}, {"up": (a, b)}) == 0.0
+    assert relative_move({"up": (a, b)}, {"up": (a, 2 * b)}) == pytest.approx(1.0)
