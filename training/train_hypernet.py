@@ -348,9 +348,8 @@ def warm_start(encoder: HyperEncoder, ckpt: str, model, tokenizer, source) -> No
     zero would leave the checkpoint's near-parallel rows as they are, and a mean of zero keeps the
     sum its parallel rows made, so v8's deltas move by 3% (benchmarks/adapter_rank.md). B's read
     gains, when this run adds them, start at 1, the checkpoint's B exactly: drawn apart they moved
-    v8's deltas by 24% (with the row biases), and with A's rows apart their gradients differ by rank
-    from the first step, which parts them.
-    Anything else differing is refused, naming both."""
+    v8's deltas by 24% (with the row biases). Trained from there, v8's ranks did not part: both got
+    the same gradient (benchmarks/adapter_rank.md). Anything else differing is refused, naming both."""
     start = HyperEncoder.from_pretrained(ckpt, model, tokenizer, source=source).hypernet
     mine, theirs = encoder.hypernet.config.to_dict(), start.config.to_dict()
     adds_context = theirs["context_kernel"] is None
