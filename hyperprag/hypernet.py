@@ -118,8 +118,9 @@ class HyperNetConfig:
     # parallel whatever A does, and the delta is rank 1. The gains make the columns different
     # functions of the same read: a fresh network of v8's shape with ``row_bias`` then makes deltas
     # with 13-15% of their energy beyond the top direction (10 SQuAD paragraphs), 0% without the
-    # gains; trained LoRAs have 35%.
-    # False in checkpoints before session 35.
+    # gains; trained LoRAs have 35%. But training turned the columns parallel again within 50 steps
+    # from scratch, and did not part a warm start's (benchmarks/adapter_rank.md): the gains allow
+    # rank 2, nothing in the loss rewards it. False in checkpoints before session 35.
     b_gain: bool = False
 
     @property
