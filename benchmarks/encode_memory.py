@@ -5,7 +5,9 @@ As views, one adapter kept (a cache, a merged top-k) kept the whole batch alive.
 the shipped checkpoint on the first passages of ``--data``, side by side in one run:
 - the bytes an adapter's factors own and the bytes of the storages they keep alive;
 - the time to split the batch's output into per-document adapters as views and as copies (best of
-  ``--repeats``), and the whole ``encode`` call's, at each batch size.
+  ``--repeats``), at each batch size;
+- what ``encode`` (copies included) costs a document at batch 1 and 64: ``hyperprag.bench.hyper_cost``,
+  the speed bar's own figure (benchmarks/hyper_speed.md).
 
     .venv/bin/python benchmarks/encode_memory.py --data out/squad_broad.jsonl
 """
@@ -16,6 +18,7 @@ import time
 
 import torch
 
+from hyperprag.bench import hyper_cost
 from hyperprag.data import Passage, load_questions
 from hyperprag.hyper_encoder import HyperEncoder
 from hyperprag.models import load_base_model
@@ -49,7 +52,7 @@ def main() -> None:
     docs = [Passage(ex.passages[0].title, ex.passages[0].text) for ex in load_questions(args.data)[: max(args.batch)]]
     enc.encode(docs[:1])  # warm: the reader's plan, the key
     print("| documents | one adapter owns (MB) | keeps alive as views (MB) | as copies (MB) | split as views (ms) "
-          "| as copies (ms) | whole encode (ms) |\n|---|---|---|---|---|---|---|")
+          "| as copies (ms) |\n|---|---|---|---|---|---|")
     for n in args.batch:
         with torch.inference_mode():
             out = enc.hypernet.eval()(enc.source.embed([d.text for d in docs[:n]]))
@@ -57,9 +60,11 @@ def main() -> None:
             _, copies = held_bytes(enc._per_document(out, copy=True)[0])
             t_views = best_of(lambda: enc._per_document(out), args.repeats)
             t_copies = best_of(lambda: enc._per_document(out, copy=True), args.repeats)
-        t_encode = best_of(lambda: enc.encode(docs[:n]), max(1, args.repeats // 4))
         print(f"| {n} | {own / 1e6:.2f} | {views / 1e6:.2f} | {copies / 1e6:.2f} | {t_views * 1e3:.2f} "
-              f"| {t_copies * 1e3:.2f} | {t_encode * 1e3:.1f} |")
+              f"| {t_copies * 1e3:.2f} |")
+    cost = hyper_cost(enc, docs[:8], repeats=5)
+    print(f"\nencode, a document (hyper_cost, median of 5): batch 1 {cost['batch1'] * 1e3:.1f} ms, "
+          f"batch 64 {cost['batch64'] * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":
