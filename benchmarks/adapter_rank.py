@@ -32,6 +32,7 @@ from hyperprag.adapter import DocAdapter, content_hash
 from hyperprag.cli_types import at_least
 from hyperprag.data import Passage, load_questions
 from hyperprag.hyper_encoder import DEFAULT_CHECKPOINT, HyperEncoder, provenance_file
+from hyperprag.hyper_objectives import distance_from_rank1
 from hyperprag.models import find_ffn_targets, load_base_model, model_id
 from hyperprag.store import AdapterStore
 
@@ -45,12 +46,11 @@ def _mean_abs_offdiag_cos(rows: torch.Tensor) -> float:
 
 
 def beyond_top(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Share of ||B·A||_F^2 beyond the top singular direction, from the r x r core of the two
-    factors' QR decompositions (the delta itself is never formed)."""
-    _, rb = torch.linalg.qr(b.double())
-    _, ra = torch.linalg.qr(a.double().T)
-    s2 = torch.linalg.svdvals(rb @ ra.T).square()
-    return float(1 - s2[0] / s2.sum()) if s2.sum() > 0 else float("nan")
+    """Share of ||B·A||_F^2 beyond the top singular direction (the delta itself is never formed);
+    nan for a zero delta, which has no direction."""
+    if not (a.abs().sum() and b.abs().sum()):
+        return float("nan")
+    return float(distance_from_rank1(a.double(), b.double()).square())
 
 
 def rank_use(adapters: Sequence[DocAdapter], roles: dict[str, str]) -> dict[str, dict[str, float]]:

@@ -936,6 +936,54 @@ def test_delta_distance_to_a_zero_adapter_is_finite():
     assert torch.isfinite(delta_distance(a, b, 2.0, a, zero, 2.0)).all()
 
 
+def test_distance_from_rank1_is_the_dense_deltas_under_autocast_and_zero_for_zero_deltas():
+    from hyperprag.hyper_objectives import distance_from_rank1
+
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 3, 2, 48), torch.randn(4, 3, 40, 2)
+    s2 = torch.linalg.svdvals(b.double() @ a.double()).square()
+    dense = (1 - s2[..., 0] / s2.sum(-1)).sqrt()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = distance_from_rank1(a, b)
+    assert got.shape == (4, 3) and got.dtype == torch.float32
+    assert torch.allclose(got.double(), dense, rtol=1e-4)
+    eye = torch.eye(6)
+    assert float(distance_from_rank1(eye[:2], 3 * eye[:, :2])) == pytest.approx(0.5 ** 0.5)  # two equal directions
+    folded = torch.stack([a[0, 0, 0], -2 * a[0, 0, 0]])
+    assert float(distance_from_rank1(folded, b[0, 0])) == pytest.approx(0.0, abs=1e-3)
+    # a zero delta (a fresh network's B) reads 0 and passes no nan back to the other factor
+    a.requires_grad_()
+    zero_b = torch.cat([torch.zeros(1, 3, 40, 2), b[1:]])
+    d = distance_from_rank1(a, zero_b)
+    d.sum().backward()
+    assert torch.equal(d[0], torch.zeros(3)) and torch.isfinite(a.grad).all() and torch.equal(a.grad[0], torch.zeros_like(a[0]))
+
+
+def test_rank_spread_is_a_hinge_that_parts_folded_ranks_and_leaves_spread_ones():
+    """Even from two exactly parallel B columns the hinge has a gradient (a penalty on the energy
+    share would not: that share is quadratic in how far the columns part), and a step down it
+    moves the delta away from rank 1; deltas beyond the target are left alone."""
+    from hyperprag.hyper_objectives import distance_from_rank1, rank_spread
+
+    torch.manual_seed(0)
+    a = torch.randn(3, 2, 2, 48)
+    column = torch.randn(3, 2, 40, 1)
+    b = torch.cat([column, 0.5 * column], -1).requires_grad_()
+    a.requires_grad_()
+    before = distance_from_rank1(a, b).detach()
+    assert before.max() < 1e-3
+    loss = rank_spread({"up": (a, b)}, target=0.5)
+    assert loss.item() == pytest.approx(0.5, abs=1e-3)
+    loss.backward()
+    assert b.grad.norm() > 1e-3
+    with torch.no_grad():
+        after = distance_from_rank1(a - 1.0 * a.grad, b - 1.0 * b.grad)
+    assert (after > before + 1e-3).all(), (before, after)
+    eye = torch.eye(6)
+    spread = (eye[:2].expand(3, 2, 2, 6), eye[:, :2].expand(3, 2, 6, 2))
+    assert float(rank_spread({"up": spread}, target=0.5)) == 0.0  # 0.707 from rank 1: nothing to ask
+
+
 def test_distill_loss_is_the_teachers_kl_to_the_student_per_token():
     """KL(teacher || student), summed over the vocabulary and averaged over answer tokens, with both
     softened by the temperature and scaled by its square (so gradients keep their size): by hand.

@@ -317,6 +317,25 @@ def test_centred_run_with_the_contrast_objective_and_merged_adapters(tmp_path, s
     assert early.hypernet.b_mean_down.abs().sum() > 0 and early.key != encoder.key
 
 
+def test_spread_objective_parts_the_generated_deltas_ranks(tmp_path, setup):
+    """Against the same run without it: the generated deltas end further from rank 1 (at most
+    0.707 at rank 2; a tiny fresh network's sit near 0.6 either way), and the logged hinge falls."""
+    from hyperprag.hyper_objectives import distance_from_rank1
+    from hyperprag.models import load_base_model
+
+    model_dir, data = setup
+    model, tok = load_base_model(str(model_dir))
+    text = [__import__("hyperprag").Passage("x", "The Glass Regatta is rowed on Lake Ennisar.")]
+    dists = {}
+    for name, weights in [("plain", "{lm: 1.0, kl: 0.0}"), ("spread", "{lm: 1.0, kl: 0.0, spread: 5.0}")]:
+        log = launch(tmp_path, model_dir, data, 1, steps=8, out=name, weights=weights, extra="spread_target: 0.7\n")
+        enc = HyperEncoder.from_pretrained(tmp_path / name / "final", model, tok)
+        factors = enc.encode(text)[0].factors.values()
+        dists[name] = sum(float(distance_from_rank1(a, b)) for a, b in factors) / len(factors)
+    assert log[-1]["spread"] < log[0]["spread"], [r["spread"] for r in log]
+    assert dists["spread"] > dists["plain"] + 0.05, dists
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
 def test_answer_logits_equal_full_forward_at_answer_positions(arch, tokenizer):
     import torch
@@ -537,6 +556,9 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     ("stpes: 10\n", [], "cfg.yaml: unknown config keys ['stpes']"),
     ("weights: {lm: 1.0, recon: 1.0}\n", [], "the recon objective reads exact adapters: give recon_store"),
     ("[1, 2]\n", [], "a config is a mapping of keys to values, got list"),
+    ("weights: {lm: 1.0, spread: 1.0}\n", ["spread_target=0.8"], "at rank 2 that must be above 0 and at most 0.707, got 0.8"),
+    ("weights: {lm: 1.0, spread: 1.0}\nspread_target: 0\n", [], "must be above 0"),
+    ("weights: {lm: 1.0, spread: 1.0}\nrank: 1\n", [], "the spread objective parts an adapter's ranks; at rank 1 there is one"),
     # keys unset by default are typed and ranged when set, before a minute of model loading
     ("", ["max_minutes=abc"], "max_minutes must be a number, got 'abc'"),
     ("", ["snapshot_every=abc"], "snapshot_every must be an integer, got 'abc'"),
