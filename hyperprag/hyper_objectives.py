@@ -220,7 +220,6 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
 
 
-
 def distance_from_rank1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """||B A - its best rank-1 approximation||_F / ||B A||_F for A (..., r, in) and B (..., out, r):
     0 for a rank-1 delta, sqrt((r-1)/r) at most; squared, the share of the delta's energy beyond its
@@ -233,8 +232,8 @@ def distance_from_rank1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     with torch.autocast(a.device.type, enabled=False):
         a, b = a.to(dtype), b.to(dtype)
         live = (a.square().sum((-1, -2)) * b.square().sum((-1, -2)) > 0)[..., None, None]
-        _, rb = torch.linalg.qr(torch.where(live, b, torch.eye(*b.shape[-2:], dtype=dtype)))
-        _, ra = torch.linalg.qr(torch.where(live, a, torch.eye(*a.shape[-2:], dtype=dtype)).transpose(-1, -2))
+        _, rb = torch.linalg.qr(torch.where(live, b, torch.eye(*b.shape[-2:], dtype=dtype, device=b.device)))
+        _, ra = torch.linalg.qr(torch.where(live, a, torch.eye(*a.shape[-2:], dtype=dtype, device=a.device)).transpose(-1, -2))
         s = torch.linalg.svdvals(rb @ ra.transpose(-1, -2))
         return torch.where(live[..., 0, 0], s[..., 1:].norm(dim=-1) / s.norm(dim=-1), 0.0)
 
