@@ -20,22 +20,22 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "training"))
-from adapter_rank import beyond_top  # noqa: E402
 from train_hypernet import warm_start  # noqa: E402
 
 from hyperprag.data import load_questions  # noqa: E402
 from hyperprag.hyper_encoder import DEFAULT_CHECKPOINT, HyperEncoder  # noqa: E402
+from hyperprag.hyper_objectives import distance_from_rank1  # noqa: E402
 from hyperprag.hypernet import HyperNetConfig, HyperNetwork  # noqa: E402
 
 OPTIONS = {"neither": {}, "row_bias": {"row_bias": True}, "row_bias + b_gain": {"row_bias": True, "b_gain": True}}
 
 
 def energy_beyond_top(out: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    """Per role, the mean over passages and layers of ``beyond_top``."""
-    return {role: sum(beyond_top(a[i, l], b[i, l]) for i in range(a.shape[0]) for l in range(a.shape[1]))
-            / (a.shape[0] * a.shape[1]) for role, (a, b) in out.items()}
+    """Per role, the mean over passages and layers of the share of each delta's energy beyond its
+    top direction (``adapter_rank.py``'s figure), all of a role's deltas at once; a zero delta
+    counts as 0."""
+    return {role: float(distance_from_rank1(a.double(), b.double()).square().mean()) for role, (a, b) in out.items()}
 
 
 def relative_move(before: dict, after: dict) -> float:
